@@ -1,0 +1,60 @@
+#!/usr/bin/env node
+/**
+ * The edge: argv and environment in, one validated config, signals, exit codes.
+ *   0 ok / clean shutdown · 1 runtime failure · 2 usage, configuration, TLS or auth error
+ */
+import { CommanderError } from 'commander';
+import { runConfig } from '../src/cli/config.js';
+import { buildProgram } from '../src/cli/program.js';
+import { runSync } from '../src/cli/run.js';
+import { EtcdSyncError, describeError } from '../src/errors.js';
+import { createLogger } from '../src/log.js';
+import type { SyncProgress } from '../src/sync/engine.js';
+
+const controller = new AbortController();
+let signals = 0;
+for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(sig, () => {
+    signals++;
+    if (signals > 1) {
+      process.stderr.write(`etcd-sync: second ${sig}, exiting now\n`);
+      process.exit(1);
+    }
+    controller.abort();
+  });
+}
+
+function fail(message: string, code: number): never {
+  process.stderr.write(`etcd-sync: ${message}\n`);
+  process.exit(code);
+}
+
+process.on('unhandledRejection', (err) => fail(`internal error: ${describeError(err)}`, 1));
+process.on('uncaughtException', (err) => fail(`internal error: ${describeError(err)}`, 1));
+
+function drawProgress(p: SyncProgress): void {
+  process.stderr.write(`\r\x1b[2Ksync: ${p.scanned} keys compared, ${p.written} written, ${(p.bytesWritten / 1048576).toFixed(1)} MiB, ${p.keysPerSecond} keys/s`);
+}
+
+const program = buildProgram(process.env, async ({ name, options }) => {
+  if (name === 'run') {
+    const config = runConfig(options);
+    const log = createLogger(config.logLevel, { cmd: 'run' });
+    process.once('SIGTERM', () => log.info('SIGTERM: finishing the transaction in flight'));
+    process.once('SIGINT', () => log.info('SIGINT: finishing the transaction in flight'));
+    await runSync(config, log, controller.signal, process.stderr.isTTY ? { onProgress: drawProgress } : {});
+  }
+});
+
+try {
+  await program.parseAsync(process.argv);
+  process.exit(0);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // commander already printed the message (and usage hint).
+    const ok = err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help';
+    process.exit(ok && err.exitCode === 0 ? 0 : 2);
+  }
+  if (err instanceof EtcdSyncError) fail(err.message, err.exitCode);
+  fail(`internal error: ${describeError(err)}`, 1);
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs npm dependencies when they are missing or older than the lock file, and builds.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "etcd-sync: installing npm dependencies" >&2
+  npm ci --no-audit --no-fund >&2
+fi
+npx tsc -p tsconfig.json >&2

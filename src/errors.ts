@@ -1,0 +1,158 @@
+/**
+ * Typed failures a user can meet. Each carries the process exit code the CLI
+ * uses for it and whether the retry loop may try again.
+ *
+ * Exit codes (documented in the README):
+ *   0  success / clean shutdown
+ *   1  runtime failure not caused by the user's input
+ *   2  usage, configuration, TLS or authentication error: fix the input and rerun
+ */
+export abstract class EtcdSyncError extends Error {
+  abstract readonly retryable: boolean;
+  abstract readonly exitCode: number;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Bad flags, environment or files. Never retried. */
+export class ConfigError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 2;
+}
+
+/** The TLS handshake with an endpoint failed (wrong CA, bad client cert, plain vs TLS). */
+export class TlsError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 2;
+}
+
+/** Wrong user or password, or a user without the needed permission. */
+export class AuthError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 2;
+}
+
+/** The endpoint cannot be reached now (down, restarting, network cut, no leader). */
+export class UnreachableError extends EtcdSyncError {
+  readonly retryable = true;
+  readonly exitCode = 1;
+}
+
+/** A revision we needed has been compacted away on the primary. */
+export class CompactedError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 1;
+  constructor(
+    message: string,
+    readonly compactRevision: bigint | undefined,
+  ) {
+    super(message);
+  }
+}
+
+/** A write was refused because this instance is not allowed to write (deposed leader, promoted standby). */
+export class FencedError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 1;
+}
+
+/** A reply larger than the gRPC receive limit: the caller should ask for less. */
+export class TooLargeError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 1;
+}
+
+/** Anything else etcd said no to. Retrying does not help. */
+export class EtcdRequestError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 1;
+}
+
+const UNAVAILABLE = 14;
+const DEADLINE_EXCEEDED = 4;
+const RESOURCE_EXHAUSTED = 8;
+const OUT_OF_RANGE = 11;
+const UNAUTHENTICATED = 16;
+const PERMISSION_DENIED = 7;
+const CANCELLED = 1;
+
+const TLS_HINTS = [
+  'handshake',
+  'certificate',
+  'ssl',
+  'tls',
+  'self signed',
+  'self-signed',
+  'wrong version number',
+  'unable to verify',
+  'alert',
+];
+
+/**
+ * Turns whatever the gRPC or etcd3 layer threw into one of the typed errors,
+ * naming the side and endpoint so that a log line says where it happened.
+ */
+export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
+  if (err instanceof EtcdSyncError) return err;
+  const e = err as { message?: unknown; code?: unknown; details?: unknown; name?: unknown };
+  const message = typeof e?.message === 'string' ? e.message : String(err);
+  const details = typeof e?.details === 'string' ? e.details : '';
+  const code = typeof e?.code === 'number' ? e.code : undefined;
+  const name = typeof e?.name === 'string' ? e.name : '';
+  const text = `${message} ${details}`.toLowerCase();
+  const cause = { cause: err };
+  const short = oneLine(details || message);
+
+  if (
+    text.includes('authentication failed') ||
+    text.includes('invalid user id or password') ||
+    name === 'EtcdAuthenticationFailedError'
+  ) {
+    return new AuthError(`${where}: authentication failed (wrong user or password)`, cause);
+  }
+  if (text.includes('permission denied') || code === PERMISSION_DENIED || name === 'EtcdPermissionDeniedError') {
+    return new AuthError(`${where}: permission denied: ${short}`, cause);
+  }
+  if (text.includes('user name is empty') || code === UNAUTHENTICATED) {
+    return new AuthError(`${where}: not authenticated (does the server require --*-user/--*-password?): ${short}`, cause);
+  }
+  if (text.includes('required revision has been compacted')) {
+    return new CompactedError(`${where}: required revision has been compacted`, undefined);
+  }
+  if (code === RESOURCE_EXHAUSTED || text.includes('received message larger than max')) {
+    return new TooLargeError(`${where}: reply too large: ${short}`, cause);
+  }
+  if (code === UNAVAILABLE || code === DEADLINE_EXCEEDED || code === CANCELLED || name === 'GRPCConnectFailedError') {
+    if (TLS_HINTS.some((hint) => text.includes(hint))) {
+      return new TlsError(`${where}: TLS handshake failed: ${short}`, cause);
+    }
+    return new UnreachableError(`${where}: unreachable: ${short}`, cause);
+  }
+  if (
+    text.includes('no leader') ||
+    text.includes('leader changed') ||
+    text.includes('too many requests') ||
+    text.includes('timed out') ||
+    text.includes('server is stopped') ||
+    text.includes('client_closed') ||
+    text.includes('ECONNREFUSED'.toLowerCase())
+  ) {
+    return new UnreachableError(`${where}: unavailable: ${short}`, cause);
+  }
+  if (code === OUT_OF_RANGE && text.includes('future revision')) {
+    return new EtcdRequestError(`${where}: ${short}`, cause);
+  }
+  return new EtcdRequestError(`${where}: ${short}`, cause);
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, ' ').trim();
+}
+
+/** The message a user sees for an error: one line, no stack. */
+export function describeError(err: unknown): string {
+  if (err instanceof Error) return oneLine(err.message);
+  return oneLine(String(err));
+}

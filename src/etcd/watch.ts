@@ -1,0 +1,154 @@
+/**
+ * etcd-sync's own watch stream on grpc-js. It exists because etcd3's Watcher resumes
+ * after a reconnect from the last response header's revision + 1, which etcd stamps with
+ * the store's current revision during catch-up, so events are lost. This stream never
+ * reconnects by itself: the caller opens a new one from its last *applied* revision + 1.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { CompactedError, UnreachableError, fromGrpcError } from '../errors.js';
+import type { EtcdSide } from './connection.js';
+
+export interface WatchEvent {
+  type: 'put' | 'delete';
+  key: Buffer;
+  /** Empty for deletes. */
+  value: Buffer;
+  modRevision: bigint;
+  /** `'0'` for none. */
+  lease: string;
+}
+
+export type WatchMessage =
+  /** Events in revision order. */
+  | { kind: 'events'; events: WatchEvent[] }
+  /** No event at or below `revision` is still to come (a progress notification). */
+  | { kind: 'progress'; revision: bigint };
+
+interface RawWatchResponse {
+  header?: { revision: string };
+  created: boolean;
+  canceled: boolean;
+  compact_revision: string;
+  cancel_reason: string;
+  fragment: boolean;
+  events: { type: string; kv: { key: Buffer; value: Buffer; mod_revision: string; lease: string } }[];
+}
+
+type Duplex = grpc.ClientDuplexStream<object, RawWatchResponse>;
+
+export interface WatchRequest {
+  key: Buffer;
+  rangeEnd: Buffer;
+  startRevision: bigint;
+}
+
+export class WatchStream {
+  private closed = false;
+
+  private constructor(
+    private readonly side: EtcdSide,
+    private readonly client: grpc.Client,
+    private readonly call: Duplex,
+    private readonly iterator: AsyncIterator<RawWatchResponse>,
+    readonly startRevision: bigint,
+    private readonly where: string,
+  ) {}
+
+  /** Opens the stream and waits for etcd to confirm the watcher. */
+  static async open(side: EtcdSide, request: WatchRequest): Promise<WatchStream> {
+    const { client, metadata, endpoint } = await side.rawClient('Watch');
+    const where = `${side.name} etcd (${endpoint}) watch from revision ${request.startRevision}`;
+    const call = (client as unknown as { watch(md: grpc.Metadata): Duplex }).watch(metadata);
+    call.on('error', () => undefined); // surfaced through the iterator
+    const iterator = call[Symbol.asyncIterator]() as AsyncIterator<RawWatchResponse>;
+    const stream = new WatchStream(side, client, call, iterator, request.startRevision, where);
+    call.write({
+      create_request: {
+        key: request.key,
+        range_end: request.rangeEnd,
+        start_revision: request.startRevision.toString(),
+        progress_notify: true,
+      },
+    });
+    try {
+      const first = await stream.nextRaw();
+      if (first === undefined) throw new UnreachableError(`${where}: stream ended before the watch was created`);
+      stream.checkCanceled(first);
+      if (!first.created) throw new UnreachableError(`${where}: unexpected first response`);
+    } catch (err) {
+      stream.close();
+      throw err;
+    }
+    return stream;
+  }
+
+  private async nextRaw(): Promise<RawWatchResponse | undefined> {
+    try {
+      const next = await this.iterator.next();
+      return next.done ? undefined : next.value;
+    } catch (err) {
+      if (this.closed) return undefined;
+      throw fromGrpcError(err, this.where);
+    }
+  }
+
+  private checkCanceled(res: RawWatchResponse): void {
+    if (res.compact_revision && res.compact_revision !== '0') {
+      throw new CompactedError(
+        `${this.where}: revision compacted (compact revision ${res.compact_revision})`,
+        BigInt(res.compact_revision),
+      );
+    }
+    if (res.canceled) {
+      throw fromGrpcError(new Error(res.cancel_reason || 'watch canceled by the server'), this.where);
+    }
+  }
+
+  /**
+   * Messages until the stream fails (typed error) or is closed by `close()` (returns).
+   * Compaction surfaces as CompactedError with the compact revision.
+   */
+  async *messages(): AsyncGenerator<WatchMessage> {
+    let fragments: RawWatchResponse['events'] = [];
+    for (;;) {
+      const res = await this.nextRaw();
+      if (res === undefined) {
+        if (this.closed) return;
+        throw new UnreachableError(`${this.where}: stream ended by the server`);
+      }
+      this.checkCanceled(res);
+      if (res.fragment) {
+        fragments = fragments.concat(res.events);
+        continue;
+      }
+      const rawEvents = fragments.length > 0 ? fragments.concat(res.events) : res.events;
+      fragments = [];
+      if (rawEvents.length === 0) {
+        if (!res.created && res.header) yield { kind: 'progress', revision: BigInt(res.header.revision) };
+        continue;
+      }
+      yield {
+        kind: 'events',
+        events: rawEvents.map((e) => ({
+          type: e.type.toUpperCase() === 'DELETE' ? 'delete' : 'put',
+          key: e.kv.key,
+          value: e.kv.value,
+          modRevision: BigInt(e.kv.mod_revision),
+          lease: e.kv.lease || '0',
+        })),
+      };
+    }
+  }
+
+  /** Asks etcd for a progress notification; it answers once this watcher has caught up. */
+  requestProgress(): void {
+    if (!this.closed) this.call.write({ progress_request: {} });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.call.cancel();
+    this.side.dropRawClient(this.client);
+  }
+}

@@ -1,0 +1,477 @@
+/**
+ * The replication engine: initial (and restart) diff at a pinned primary revision, replay
+ * of the primary's history since the checkpoint, and streaming from the primary's watch,
+ * each write transaction carrying the checkpoint of the last applied primary revision.
+ */
+import PQueue from 'p-queue';
+import type { Logger } from 'pino';
+import { CompactedError, ConfigError, describeError } from '../errors.js';
+import type { EtcdSide } from '../etcd/connection.js';
+import { type KeyValue, type WriteOp, readHeader, readKey, scanPages, txn } from '../etcd/kv.js';
+import { type WatchEvent, WatchStream } from '../etcd/watch.js';
+import { filterPages, mergeJoin } from '../diff/merge-join.js';
+import type { Scope } from '../scope.js';
+import { startsWith } from '../scope.js';
+import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS, OpChunker, takeEventBatch } from './batch.js';
+import { LeaseMapper } from './leases.js';
+import { AbortedError, delay, withRetry } from './retry.js';
+
+export const DEFAULT_CHECKPOINT_KEY = '/etcd-sync/checkpoint';
+export const DEFAULT_WRITE_CONCURRENCY = 4;
+export const DEFAULT_PAGE_SIZE = 1000;
+
+export interface SyncOptions {
+  scope: Scope;
+  /** Where the last applied primary revision is recorded, outside the synced prefix. Default `/etcd-sync/checkpoint`. */
+  checkpointKey: Buffer;
+  /** Operations per txn, etcd-sync's checkpoint included. Default 128 (etcd's --max-txn-ops). */
+  maxTxnOps?: number;
+  /** Approximate payload per txn. Default 1 MiB. */
+  maxTxnBytes?: number;
+  /** Txns in flight during a full diff (order does not matter there). Default 4. */
+  writeConcurrency?: number;
+  /** Keys per range page. Default 1000; halved automatically for pages too large to receive. */
+  pageSize?: number;
+  /** Delete in-scope keys only the standby has. Default false: they are logged and counted. */
+  prune?: boolean;
+  /** How often a long diff logs its progress. Default 5 s. */
+  progressIntervalMs?: number;
+  /** After this long without events, ask etcd for a progress notification so the checkpoint advances. Default 5 s. */
+  idleProgressMs?: number;
+}
+
+export interface Checkpoint {
+  revision: bigint;
+  primaryClusterId: string;
+}
+
+export interface DiffStats {
+  revision: bigint;
+  scanned: number;
+  equal: number;
+  missing: number;
+  different: number;
+  surplus: number;
+  put: number;
+  deleted: number;
+  bytesWritten: number;
+  durationMs: number;
+}
+
+export interface SyncProgress {
+  phase: 'diff';
+  scanned: number;
+  written: number;
+  bytesWritten: number;
+  keysPerSecond: number;
+}
+
+export type SyncState = 'starting' | 'replaying' | 'initial-sync' | 'streaming' | 'resyncing' | 'stopped';
+
+export interface SyncHooks {
+  onProgress?(progress: SyncProgress): void;
+  onState?(state: SyncState): void;
+}
+
+const HIGH_WATER_EVENTS = 50_000;
+
+export class SyncEngine {
+  /** Every primary event at or below this revision is applied on the standby. */
+  appliedRevision = 0n;
+  /** Last revision recorded in the checkpoint key. */
+  checkpointedRevision = 0n;
+  primaryClusterId = '';
+  state: SyncState = 'starting';
+  lastDiff: DiffStats | undefined;
+
+  private readonly maxTxnOps: number;
+  private readonly maxTxnBytes: number;
+  private readonly writeConcurrency: number;
+  private readonly pageSize: number;
+  private readonly progressIntervalMs: number;
+  private readonly idleProgressMs: number;
+  private readonly leases: LeaseMapper;
+  private readonly scope: Scope;
+  private readonly checkpointKey: Buffer;
+  private signal: AbortSignal = new AbortController().signal;
+
+  constructor(
+    private readonly primary: EtcdSide,
+    private readonly standby: EtcdSide,
+    private readonly options: SyncOptions,
+    private readonly log: Logger,
+    private readonly hooks: SyncHooks = {},
+  ) {
+    this.scope = options.scope;
+    this.checkpointKey = options.checkpointKey;
+    if (startsWith(options.checkpointKey, options.scope.keyPrefix)) {
+      throw new ConfigError(`--checkpoint-key ${options.checkpointKey.toString()} must be outside --key-prefix ${options.scope.keyPrefix.toString()}`);
+    }
+    this.maxTxnOps = options.maxTxnOps ?? DEFAULT_MAX_TXN_OPS;
+    this.maxTxnBytes = options.maxTxnBytes ?? DEFAULT_MAX_TXN_BYTES;
+    this.writeConcurrency = options.writeConcurrency ?? DEFAULT_WRITE_CONCURRENCY;
+    this.pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
+    this.progressIntervalMs = options.progressIntervalMs ?? 5_000;
+    this.idleProgressMs = options.idleProgressMs ?? 5_000;
+    const leasePrefix = Buffer.concat([this.checkpointKey, Buffer.from('/leases/')]);
+    this.leases = new LeaseMapper(primary, standby, leasePrefix, log);
+  }
+
+  private setState(state: SyncState): void {
+    this.state = state;
+    this.hooks.onState?.(state);
+  }
+
+  private retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    return withRetry(what, fn, { log: this.log, signal: this.signal });
+  }
+
+  /**
+   * The whole lifecycle until the signal aborts: checks, replay since the checkpoint,
+   * full diff, then streaming; compaction anywhere falls back to a full resync.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    this.signal = signal;
+    try {
+      await this.preflight();
+      const checkpoint = await this.retry('read checkpoint', () => this.readCheckpoint());
+      let revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
+      let prune = this.options.prune ?? false;
+      if (checkpoint && checkpoint.primaryClusterId !== this.primaryClusterId) {
+        this.log.warn({ checkpointCluster: checkpoint.primaryClusterId, primaryCluster: this.primaryClusterId }, 'resync: checkpoint belongs to another primary cluster');
+      } else if (checkpoint) {
+        this.appliedRevision = checkpoint.revision;
+        this.checkpointedRevision = checkpoint.revision;
+        try {
+          this.setState('replaying');
+          await this.replay(revision);
+        } catch (err) {
+          if (!(err instanceof CompactedError)) throw err;
+          this.log.warn({ checkpoint: checkpoint.revision.toString(), err: describeError(err) }, 'resync: checkpoint compacted on the primary');
+          revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
+        }
+      }
+      this.setState(checkpoint ? 'resyncing' : 'initial-sync');
+      await this.leases.load();
+      await this.fullSync(revision, prune);
+      this.log.info({ revision: revision.toString(), ...this.lastDiff, revisionStr: undefined }, 'initial sync done');
+      for (;;) {
+        this.setState('streaming');
+        try {
+          await this.stream();
+          return;
+        } catch (err) {
+          if (!(err instanceof CompactedError)) throw err;
+          this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'resync: watch revision compacted');
+          this.setState('resyncing');
+          revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
+          prune = this.options.prune ?? false;
+          await this.fullSync(revision, prune);
+          this.log.info({ revision: revision.toString() }, 'resync done');
+        }
+      }
+    } catch (err) {
+      if (err instanceof AbortedError) return;
+      throw err;
+    } finally {
+      this.leases.stop();
+      this.setState('stopped');
+    }
+  }
+
+  /** Refuses to sync an etcd into itself; records the primary's cluster ID. */
+  async preflight(): Promise<void> {
+    const [p, s] = await Promise.all([
+      this.retry('connect to primary', () => readHeader(this.primary)),
+      this.retry('connect to standby', () => readHeader(this.standby)),
+    ]);
+    if (p.clusterId === s.clusterId) {
+      throw new ConfigError(`primary and standby are the same etcd cluster (cluster ID ${BigInt(p.clusterId).toString(16)}): refusing to sync an etcd into itself`);
+    }
+    this.primaryClusterId = p.clusterId;
+    this.log.info({ primaryRevision: p.revision.toString(), standbyRevision: s.revision.toString() }, 'connected to both etcd clusters');
+  }
+
+  async readCheckpoint(): Promise<Checkpoint | undefined> {
+    const kv = await readKey(this.standby, this.checkpointKey);
+    if (!kv) return undefined;
+    try {
+      const parsed = JSON.parse(kv.value.toString()) as { revision: string; primaryClusterId: string };
+      return { revision: BigInt(parsed.revision), primaryClusterId: String(parsed.primaryClusterId) };
+    } catch {
+      this.log.warn('ignoring unreadable checkpoint');
+      return undefined;
+    }
+  }
+
+  private checkpointOp(revision: bigint): WriteOp {
+    return {
+      type: 'put',
+      key: this.checkpointKey,
+      value: Buffer.from(JSON.stringify({ revision: revision.toString(), primaryClusterId: this.primaryClusterId })),
+    };
+  }
+
+  /** Writes data ops and the checkpoint in one txn, retrying while the standby is unreachable. */
+  async applyOps(ops: WriteOp[], checkpoint: bigint): Promise<void> {
+    const mapped: WriteOp[] = [];
+    for (const op of ops) {
+      if (op.type === 'put' && op.lease && op.lease !== '0') {
+        const primaryLease = op.lease;
+        const lease = await this.retry('map lease', () => this.leases.standbyLeaseFor(primaryLease));
+        mapped.push({ ...op, lease });
+      } else {
+        mapped.push(op);
+      }
+    }
+    mapped.push(this.checkpointOp(checkpoint));
+    await this.retry('write to standby', () => txn(this.standby, mapped));
+    if (checkpoint > this.checkpointedRevision) this.checkpointedRevision = checkpoint;
+  }
+
+  /**
+   * Compares the in-scope keys of the primary at `revision` with the standby's, writing only
+   * what differs. Several txns in flight; memory bounded by a page per side and the queue.
+   */
+  async fullSync(revision: bigint, prune: boolean): Promise<DiffStats> {
+    const started = Date.now();
+    const stats: DiffStats = { revision, scanned: 0, equal: 0, missing: 0, different: 0, surplus: 0, put: 0, deleted: 0, bytesWritten: 0, durationMs: 0 };
+    const inScope = (kv: KeyValue): boolean => this.scope.inScope(kv.key);
+    const range = { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, pageSize: this.pageSize, signal: this.signal };
+    const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => this.retry(what, fn);
+    const primaryPages = filterPages(scanPages(this.primary, { ...range, revision }, retry), inScope);
+    const standbyPages = filterPages(scanPages(this.standby, range, retry), inScope);
+    const same = (p: KeyValue, s: KeyValue): boolean =>
+      p.value.equals(s.value) && (p.lease === '0' ? s.lease === '0' : this.leases.current(p.lease) === s.lease);
+
+    const queue = new PQueue({ concurrency: this.writeConcurrency });
+    let failure: unknown;
+    const chunker = new OpChunker({ maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes });
+    const submit = async (chunk: WriteOp[]): Promise<void> => {
+      await queue.onSizeLessThan(this.writeConcurrency * 2);
+      if (failure !== undefined) throw failure;
+      void queue.add(() => this.applyOps(chunk, revision)).catch((err: unknown) => {
+        failure ??= err;
+      });
+    };
+    const surplusLogged = 20;
+    let lastProgress = Date.now();
+    const reportProgress = (): void => {
+      const seconds = (Date.now() - started) / 1000;
+      const progress: SyncProgress = {
+        phase: 'diff',
+        scanned: stats.scanned,
+        written: stats.put + stats.deleted,
+        bytesWritten: stats.bytesWritten,
+        keysPerSecond: seconds > 0 ? Math.round(stats.scanned / seconds) : 0,
+      };
+      this.log.info(progress, 'sync progress');
+      this.hooks.onProgress?.(progress);
+    };
+
+    for await (const finding of mergeJoin(primaryPages, standbyPages, same)) {
+      if (this.signal.aborted) break;
+      stats.scanned++;
+      let op: WriteOp | undefined;
+      switch (finding.kind) {
+        case 'equal':
+          stats.equal++;
+          break;
+        case 'missing':
+        case 'different': {
+          stats[finding.kind]++;
+          const p = finding.primary;
+          op = { type: 'put', key: p.key, value: p.value, lease: p.lease };
+          stats.put++;
+          stats.bytesWritten += p.key.length + p.value.length;
+          break;
+        }
+        case 'surplus':
+          stats.surplus++;
+          if (stats.surplus <= surplusLogged) {
+            this.log.info({ key: finding.standby.key.toString(), pruned: prune }, 'surplus key: only in the standby');
+          }
+          if (prune) {
+            op = { type: 'delete', key: finding.standby.key };
+            stats.deleted++;
+          }
+          break;
+      }
+      if (op) {
+        const chunk = chunker.add(op);
+        if (chunk) await submit(chunk);
+      }
+      if (Date.now() - lastProgress >= this.progressIntervalMs) {
+        lastProgress = Date.now();
+        reportProgress();
+      }
+    }
+    const last = chunker.flush();
+    if (last) await submit(last);
+    await queue.onIdle();
+    if (failure !== undefined) throw failure;
+    if (this.signal.aborted) throw new AbortedError();
+    if (stats.put + stats.deleted === 0 || this.checkpointedRevision < revision) {
+      await this.applyOps([], revision);
+    }
+    this.appliedRevision = revision;
+    stats.durationMs = Date.now() - started;
+    if (stats.surplus > surplusLogged) {
+      this.log.info({ surplus: stats.surplus, listed: surplusLogged }, 'more surplus keys not listed');
+    }
+    if (stats.scanned > 0 && Date.now() - started >= this.progressIntervalMs) reportProgress();
+    this.lastDiff = stats;
+    return stats;
+  }
+
+  /** Applies the primary's history from the checkpoint up to `untilRevision` (inclusive). */
+  async replay(untilRevision: bigint): Promise<void> {
+    if (this.appliedRevision >= untilRevision) return;
+    this.log.info({ from: (this.appliedRevision + 1n).toString(), until: untilRevision.toString() }, 'replaying primary history since checkpoint');
+    await this.follow(untilRevision);
+  }
+
+  /** Streams the primary's changes until the signal aborts. */
+  async stream(): Promise<void> {
+    this.log.info({ revision: (this.appliedRevision + 1n).toString() }, `streaming from revision ${this.appliedRevision + 1n}`);
+    await this.follow(undefined);
+  }
+
+  /**
+   * Watches the primary from appliedRevision + 1 and applies events in revision order, one
+   * txn in flight, reconnecting from the last applied revision after any failure. With
+   * `until`, stops once every event up to it is applied and drops later ones.
+   */
+  private async follow(until: bigint | undefined): Promise<void> {
+    while (!this.signal.aborted) {
+      if (until !== undefined && this.appliedRevision >= until) return;
+      const watch = await this.retry('watch primary', () =>
+        WatchStream.open(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: this.appliedRevision + 1n }),
+      );
+      try {
+        const done = await this.consume(watch, until);
+        if (done) return;
+      } catch (err) {
+        if (err instanceof CompactedError || err instanceof AbortedError) throw err;
+        if (!(err as { retryable?: boolean }).retryable) throw err;
+        this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'watch stream broke, resuming from applied revision');
+        await delay(500, this.signal);
+      } finally {
+        watch.close();
+      }
+    }
+    await this.writeCheckpointIfBehind();
+  }
+
+  private async writeCheckpointIfBehind(): Promise<void> {
+    if (this.appliedRevision > this.checkpointedRevision) {
+      try {
+        await txn(this.standby, [this.checkpointOp(this.appliedRevision)]);
+        this.checkpointedRevision = this.appliedRevision;
+      } catch (err) {
+        this.log.warn({ err: describeError(err) }, 'could not record the final checkpoint');
+      }
+    }
+  }
+
+  /** Returns true when `until` was reached, false when the signal aborted. Throws on stream failure. */
+  private async consume(watch: WatchStream, until: bigint | undefined): Promise<boolean> {
+    const queue: WatchEvent[] = [];
+    let progressRevision = 0n;
+    let readerError: unknown;
+    let readerDone = false;
+    let wake: (() => void) | undefined;
+    let drained: (() => void) | undefined;
+    const notify = (): void => {
+      wake?.();
+      wake = undefined;
+    };
+    let lastEventAt = Date.now();
+    const reader = (async () => {
+      try {
+        for await (const message of watch.messages()) {
+          if (message.kind === 'events') {
+            queue.push(...message.events);
+            lastEventAt = Date.now();
+          } else if (message.revision > progressRevision) {
+            progressRevision = message.revision;
+          }
+          notify();
+          while (queue.length > HIGH_WATER_EVENTS && !this.signal.aborted) {
+            await new Promise<void>((resolve) => (drained = resolve));
+          }
+        }
+      } catch (err) {
+        readerError = err;
+      } finally {
+        readerDone = true;
+        notify();
+      }
+    })();
+    const onAbort = (): void => {
+      watch.close();
+      notify();
+    };
+    this.signal.addEventListener('abort', onAbort, { once: true });
+    const progressTimer = setInterval(
+      () => {
+        if (until !== undefined || Date.now() - lastEventAt >= this.idleProgressMs) watch.requestProgress();
+      },
+      until !== undefined ? 100 : Math.max(100, Math.floor(this.idleProgressMs / 2)),
+    );
+    try {
+      for (;;) {
+        if (queue.length > 0) {
+          let limit = queue.length;
+          if (until !== undefined) {
+            limit = 0;
+            while (limit < queue.length && (queue[limit] as WatchEvent).modRevision <= until) limit++;
+          }
+          if (limit > 0) {
+            const batch = takeEventBatch(queue.slice(0, Math.min(limit, 10 * this.maxTxnOps + 1024)), { maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes }, (e) =>
+              this.eventOp(e),
+            );
+            await this.applyOps(batch.ops, batch.throughRevision);
+            this.appliedRevision = batch.throughRevision > this.appliedRevision ? batch.throughRevision : this.appliedRevision;
+            queue.splice(0, batch.consumed);
+            if (queue.length <= HIGH_WATER_EVENTS) drained?.();
+            if (this.signal.aborted) return false;
+            continue;
+          }
+          // Only events past `until` are left: the replay is complete.
+          if (until !== undefined) {
+            this.appliedRevision = until;
+            return true;
+          }
+        }
+        if (queue.length === 0 && progressRevision > this.appliedRevision) {
+          // Only writes outside the watched range (or none) happened up to progressRevision:
+          // record it, so that a restart does not replay them or fall behind compaction.
+          this.appliedRevision = until !== undefined && progressRevision > until ? until : progressRevision;
+          await this.writeCheckpointIfBehind();
+        }
+        if (until !== undefined && this.appliedRevision >= until) return true;
+        if (this.signal.aborted) return false;
+        if (readerDone) {
+          if (readerError) throw readerError;
+          return false;
+        }
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+      }
+    } finally {
+      clearInterval(progressTimer);
+      this.signal.removeEventListener('abort', onAbort);
+      watch.close();
+      drained?.();
+      await reader;
+    }
+  }
+
+  private eventOp(event: WatchEvent): WriteOp | undefined {
+    if (!this.scope.inScope(event.key)) return undefined;
+    if (event.type === 'delete') return { type: 'delete', key: event.key };
+    return { type: 'put', key: event.key, value: event.value, lease: event.lease };
+  }
+}

@@ -1,0 +1,59 @@
+import type { Logger } from 'pino';
+import { EtcdSyncError, describeError } from '../errors.js';
+
+export interface RetryOptions {
+  log: Logger;
+  signal?: AbortSignal;
+  /** First delay; doubles per attempt. Default 200 ms. */
+  initialDelayMs?: number;
+  /** Cap of the delay. Default 10 s. */
+  maxDelayMs?: number;
+}
+
+export class AbortedError extends Error {
+  constructor() {
+    super('aborted');
+    this.name = 'AbortedError';
+  }
+}
+
+export function isRetryable(err: unknown): boolean {
+  return err instanceof EtcdSyncError && err.retryable;
+}
+
+/** Resolves after `ms`, or early (false) when the signal aborts. */
+export function delay(ms: number, signal?: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve(false);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve(true);
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Runs `fn` until it succeeds or fails with an error that is not retryable, waiting with
+ * capped exponential backoff between attempts. Never gives up on a retryable error: an
+ * etcd that comes back is caught up with, and nothing is lost meanwhile. Stops with
+ * AbortedError when the signal aborts between attempts.
+ */
+export async function withRetry<T>(what: string, fn: () => Promise<T>, options: RetryOptions): Promise<T> {
+  let delayMs = options.initialDelayMs ?? 200;
+  const maxDelayMs = options.maxDelayMs ?? 10_000;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isRetryable(err)) throw err;
+      options.log.warn({ attempt, retryInMs: delayMs, err: describeError(err) }, `${what} failed, retrying`);
+      if (!(await delay(delayMs, options.signal))) throw new AbortedError();
+      delayMs = Math.min(maxDelayMs, delayMs * 2);
+    }
+  }
+}

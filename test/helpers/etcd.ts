@@ -1,0 +1,188 @@
+/** Real etcd servers for tests: free loopback ports, temporary data dirs, optional TLS and auth. */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import type { EtcdSideConfig } from '../../src/etcd/connection.js';
+import { waitFor } from './wait.js';
+import type { TlsFiles } from './tls.js';
+
+export const ETCD_BIN = process.env.ETCD_BIN ?? path.resolve('.tools/etcd-3.5/usr/bin/etcd');
+let etcdVersion: string | undefined;
+export function etcdMinor(): string {
+  etcdVersion ??= /Version: (\d+\.\d+)/.exec(execFileSync(ETCD_BIN, ['--version']).toString())?.[1] ?? '3.5';
+  return etcdVersion;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+export interface EtcdServerOptions {
+  name?: string;
+  tls?: TlsFiles;
+  /** Enables auth with user root and this password. */
+  rootPassword?: string;
+}
+
+export class EtcdServer {
+  process: ChildProcess | undefined;
+  readonly endpoint: string;
+  private readonly peerUrl: string;
+  private stderr = '';
+
+  private constructor(
+    readonly name: string,
+    readonly dataDir: string,
+    readonly clientPort: number,
+    peerPort: number,
+    readonly options: EtcdServerOptions,
+  ) {
+    const scheme = options.tls ? 'https' : 'http';
+    this.endpoint = `${scheme}://127.0.0.1:${clientPort}`;
+    this.peerUrl = `http://127.0.0.1:${peerPort}`;
+  }
+
+  static async start(options: EtcdServerOptions = {}): Promise<EtcdServer> {
+    const name = options.name ?? 'etcd';
+    const dataDir = mkdtempSync(path.join(os.tmpdir(), `etcd-sync-${name}-`));
+    const server = new EtcdServer(name, dataDir, await freePort(), await freePort(), options);
+    await server.launch();
+    if (options.rootPassword) await server.enableAuth(options.rootPassword);
+    return server;
+  }
+
+  private args(): string[] {
+    const token = `${this.name}-${this.clientPort}-${process.pid}`;
+    const args = [
+      `--name=${this.name}`,
+      `--data-dir=${this.dataDir}`,
+      `--listen-client-urls=${this.endpoint}`,
+      `--advertise-client-urls=${this.endpoint}`,
+      `--listen-peer-urls=${this.peerUrl}`,
+      `--initial-advertise-peer-urls=${this.peerUrl}`,
+      `--initial-cluster=${this.name}=${this.peerUrl}`,
+      `--initial-cluster-token=${token}`,
+      '--logger=zap',
+      '--log-level=error',
+      '--quota-backend-bytes=8589934592',
+    ];
+    if (etcdMinor() !== '3.4') args.push('--unsafe-no-fsync');
+    const tls = this.options.tls;
+    if (tls) {
+      args.push(`--cert-file=${tls.serverCert}`, `--key-file=${tls.serverKey}`, `--trusted-ca-file=${tls.ca}`, '--client-cert-auth');
+    }
+    return args;
+  }
+
+  async launch(): Promise<void> {
+    this.stderr = '';
+    const child = spawn(ETCD_BIN, this.args(), { stdio: ['ignore', 'ignore', 'pipe'] });
+    child.stderr?.on('data', (d: Buffer) => {
+      this.stderr = (this.stderr + d.toString()).slice(-4000);
+    });
+    this.process = child;
+    const client = new Etcd3(this.clientOptions({ root: true }));
+    try {
+      await waitFor(
+        async () => {
+          if (child.exitCode !== null) throw new Error(`etcd ${this.name} exited: ${this.stderr}`);
+          try {
+            await client.kv.range({ key: Buffer.from('probe') });
+            return true;
+          } catch (err) {
+            // auth not yet enabled on first start: a token error means the server answers
+            return /auth|token|permission/i.test(String(err));
+          }
+        },
+        { timeoutMs: 20_000, message: `etcd ${this.name} did not become ready` },
+      );
+    } finally {
+      client.close();
+    }
+  }
+
+  private async enableAuth(password: string): Promise<void> {
+    const client = new Etcd3(this.clientOptions({ root: false }));
+    try {
+      await client.role('root').create();
+      await client.user('root').create(password);
+      await client.user('root').addRole('root');
+      await client.auth.authEnable({});
+    } finally {
+      client.close();
+    }
+  }
+
+  /** Options for an etcd3 client used by tests to seed and inspect (root user when auth is on). */
+  clientOptions(opts: { root?: boolean } = { root: true }): ConstructorParameters<typeof Etcd3>[0] {
+    const tls = this.options.tls;
+    return {
+      hosts: this.endpoint,
+      ...(tls ? { credentials: { rootCertificate: tls.caPem, privateKey: tls.clientKeyPem, certChain: tls.clientCertPem } } : {}),
+      ...(opts.root && this.options.rootPassword ? { auth: { username: 'root', password: this.options.rootPassword } } : {}),
+      grpcOptions: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 },
+    };
+  }
+
+  client(): Etcd3 {
+    return new Etcd3(this.clientOptions());
+  }
+
+  /** etcd-sync's view of this server. */
+  sideConfig(name: string): EtcdSideConfig {
+    const tls = this.options.tls;
+    return {
+      name,
+      endpoints: [this.endpoint],
+      ...(tls ? { tls: { ca: tls.caPem, cert: tls.clientCertPem, key: tls.clientKeyPem } } : {}),
+      ...(this.options.rootPassword ? { auth: { username: 'root', password: this.options.rootPassword } } : {}),
+    };
+  }
+
+  /** Flags for the CLI, e.g. `--primary-endpoints`. */
+  cliArgs(side: 'primary' | 'standby'): string[] {
+    const args = [`--${side}-endpoints`, this.endpoint];
+    const tls = this.options.tls;
+    if (tls) args.push(`--${side}-cacert`, tls.ca, `--${side}-cert`, tls.clientCert, `--${side}-key`, tls.clientKey);
+    if (this.options.rootPassword) args.push(`--${side}-user`, 'root', `--${side}-password`, this.options.rootPassword);
+    return args;
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const child = this.process;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill(signal);
+    await exited;
+    this.process = undefined;
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.launch();
+  }
+
+  async destroy(): Promise<void> {
+    await this.stop('SIGKILL');
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+/** A primary and a standby, each its own cluster. */
+export async function startPair(options: { tls?: TlsFiles; rootPassword?: string } = {}): Promise<{ primary: EtcdServer; standby: EtcdServer }> {
+  const [primary, standby] = await Promise.all([
+    EtcdServer.start({ ...options, name: 'primary' }),
+    EtcdServer.start({ ...options, name: 'standby' }),
+  ]);
+  return { primary, standby };
+}

@@ -1,0 +1,115 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import type { Etcd3 } from 'etcd3';
+import pino from 'pino';
+import { EtcdSide } from '../../src/etcd/connection.js';
+import { Scope, defaultScopeRules, prefixEnd } from '../../src/scope.js';
+import { SyncEngine, type SyncOptions } from '../../src/sync/engine.js';
+import type { EtcdServer } from './etcd.js';
+import { waitFor } from './wait.js';
+
+export const quietLog = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+
+export interface Entry {
+  value: Buffer;
+  lease: string;
+}
+
+/** Every key under `prefix` (default the whole keyspace), by latin1 key. */
+export async function snapshot(client: Etcd3, prefix?: Buffer): Promise<Map<string, Entry>> {
+  const key = prefix ?? Buffer.from([0]);
+  const rangeEnd = prefix ? prefixEnd(prefix) : Buffer.from([0]);
+  const res = await client.kv.range({ key, range_end: rangeEnd });
+  const out = new Map<string, Entry>();
+  for (const kv of res.kvs) out.set(kv.key.toString('latin1'), { value: kv.value, lease: kv.lease });
+  return out;
+}
+
+/** In-scope keys with their values (hex), for exact comparisons with clear diffs. */
+export async function inScope(client: Etcd3, scope = new Scope(defaultScopeRules())): Promise<Record<string, string>> {
+  const all = await snapshot(client, scope.keyPrefix);
+  const out: Record<string, string> = {};
+  for (const [k, e] of [...all.entries()].sort()) {
+    if (scope.inScope(Buffer.from(k, 'latin1'))) out[k] = e.value.toString('hex');
+  }
+  return out;
+}
+
+export async function waitInSync(primary: Etcd3, standby: Etcd3, scope?: Scope, timeoutMs = 60_000): Promise<void> {
+  await waitFor(async () => isDeepStrictEqual(await inScope(primary, scope), await inScope(standby, scope)), {
+    timeoutMs,
+    message: 'standby did not match the primary',
+  });
+}
+
+export interface RunningEngine {
+  engine: SyncEngine;
+  done: Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function startEngine(primary: EtcdServer, standby: EtcdServer, options: Partial<SyncOptions> = {}): RunningEngine {
+  const p = new EtcdSide(primary.sideConfig('primary'));
+  const s = new EtcdSide(standby.sideConfig('standby'));
+  const engine = new SyncEngine(
+    p,
+    s,
+    { scope: new Scope(defaultScopeRules()), checkpointKey: Buffer.from('/etcd-sync/checkpoint'), idleProgressMs: 200, ...options },
+    quietLog,
+  );
+  const controller = new AbortController();
+  const done = engine.run(controller.signal).finally(() => {
+    p.close();
+    s.close();
+  });
+  done.catch(() => undefined);
+  return {
+    engine,
+    done,
+    async stop() {
+      controller.abort();
+      await done;
+    },
+  };
+}
+
+export const CLI = path.resolve('dist/bin/etcd-sync.js');
+
+export interface CliProcess {
+  child: ChildProcess;
+  output(): string;
+  waitForLog(text: string, timeoutMs?: number): Promise<void>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function runCli(args: string[], env: Record<string, string> = {}): CliProcess {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { PATH: process.env.PATH ?? '', ...env },
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  return {
+    child,
+    output: () => out,
+    waitForLog: (text, timeoutMs = 60_000) =>
+      waitFor(() => out.includes(text), { timeoutMs, message: `no '${text}' in output:\n${out.slice(-2000)}` }),
+    exited,
+  };
+}
+
+export async function putMany(client: Etcd3, entries: [string | Buffer, string | Buffer][]): Promise<void> {
+  for (let i = 0; i < entries.length; i += 100) {
+    const chunk = entries.slice(i, i + 100);
+    await client.kv.txn({
+      compare: [],
+      success: chunk.map(([k, v]) => ({ request_put: { key: Buffer.from(k as never), value: Buffer.from(v as never) } })),
+      failure: [],
+    } as never);
+  }
+}
