@@ -11,6 +11,14 @@ import { EtcdSyncError, describeError } from '../src/errors.js';
 import { createLogger } from '../src/log.js';
 import type { SyncProgress } from '../src/sync/engine.js';
 
+// grpc-js sets the TLS servername to the endpoint's IP address, which Node flags with a
+// deprecation warning on every connection; it says nothing an operator can act on.
+const emitWarning = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+process.emitWarning = ((...args: unknown[]) => {
+  if (args.some((a) => a === 'DEP0123' || (typeof a === 'object' && a !== null && (a as { code?: unknown }).code === 'DEP0123'))) return;
+  emitWarning(...args);
+}) as typeof process.emitWarning;
+
 const controller = new AbortController();
 let signals = 0;
 for (const sig of ['SIGTERM', 'SIGINT'] as const) {

@@ -99,8 +99,9 @@ export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
   const e = err as { message?: unknown; code?: unknown; details?: unknown; name?: unknown };
   const message = typeof e?.message === 'string' ? e.message : String(err);
   const details = typeof e?.details === 'string' ? e.details : '';
-  const code = typeof e?.code === 'number' ? e.code : undefined;
   const name = typeof e?.name === 'string' ? e.name : '';
+  // etcd3 re-creates gRPC errors as its own classes without `code`; the message keeps "14 UNAVAILABLE: ...".
+  const code = typeof e?.code === 'number' ? e.code : (ETCD3_CLASS_CODES[name] ?? codeFromMessage(message));
   const text = `${message} ${details}`.toLowerCase();
   const cause = { cause: err };
   const short = oneLine(details || message);
@@ -147,8 +148,24 @@ export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
   return new EtcdRequestError(`${where}: ${short}`, cause);
 }
 
+const ETCD3_CLASS_CODES: Record<string, number> = {
+  GRPCCancelledError: CANCELLED,
+  GRPCDeadlineExceededError: DEADLINE_EXCEEDED,
+  GRPCUnavailableError: UNAVAILABLE,
+  GRPCConnectFailedError: UNAVAILABLE,
+  GRPCResourceExhastedError: RESOURCE_EXHAUSTED,
+  GRPCOutOfRangeError: OUT_OF_RANGE,
+  GRPCUnauthenticatedError: UNAUTHENTICATED,
+  EtcdPermissionDeniedError: PERMISSION_DENIED,
+};
+
+function codeFromMessage(message: string): number | undefined {
+  const m = /^(?:\w+: )?(\d{1,2}) [A-Z_]+:/.exec(message);
+  return m ? Number(m[1]) : undefined;
+}
+
 function oneLine(s: string): string {
-  return s.replace(/\s+/g, ' ').trim();
+  return s.replace(/\s+/g, ' ').replace(/ Resolution note: ?$/, '').trim();
 }
 
 /** The message a user sees for an error: one line, no stack. */

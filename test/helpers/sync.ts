@@ -36,11 +36,23 @@ export async function inScope(client: Etcd3, scope = new Scope(defaultScopeRules
   return out;
 }
 
+/** Keys whose in-scope values differ, with both sides' values (for failure messages). */
+export async function differences(primary: Etcd3, standby: Etcd3, scope?: Scope): Promise<string[]> {
+  const a = await inScope(primary, scope);
+  const b = await inScope(standby, scope);
+  const text = (hex: string | undefined): string => (hex === undefined ? '(absent)' : Buffer.from(hex, 'hex').toString().slice(0, 40));
+  return [...new Set([...Object.keys(a), ...Object.keys(b)])]
+    .filter((k) => a[k] !== b[k])
+    .map((k) => `${k}: primary ${text(a[k])} standby ${text(b[k])}`);
+}
+
 export async function waitInSync(primary: Etcd3, standby: Etcd3, scope?: Scope, timeoutMs = 60_000): Promise<void> {
-  await waitFor(async () => isDeepStrictEqual(await inScope(primary, scope), await inScope(standby, scope)), {
-    timeoutMs,
-    message: 'standby did not match the primary',
-  });
+  try {
+    await waitFor(async () => isDeepStrictEqual(await inScope(primary, scope), await inScope(standby, scope)), { timeoutMs });
+  } catch {
+    const diff = await differences(primary, standby, scope);
+    throw new Error(`standby did not match the primary within ${timeoutMs} ms: ${diff.length} keys differ, e.g.\n${diff.slice(0, 8).join('\n')}`);
+  }
 }
 
 export interface RunningEngine {

@@ -1,0 +1,140 @@
+/** mTLS and user/password on both sides, and every bad-input case of `run`, through the real CLI. */
+import { chmodSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EtcdServer, startPair } from './helpers/etcd.js';
+import { makeTls, type TlsFiles } from './helpers/tls.js';
+import { putMany, runCli, waitInSync } from './helpers/sync.js';
+
+async function exitOf(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
+  const cli = runCli(args, env);
+  const { code } = await cli.exited;
+  return { code, output: cli.output() };
+}
+
+describe('TLS, auth and bad input', () => {
+  let tls: TlsFiles;
+  let primary: EtcdServer;
+  let standby: EtcdServer;
+  let p: Etcd3;
+  let s: Etcd3;
+
+  beforeAll(async () => {
+    tls = makeTls();
+    ({ primary, standby } = await startPair({ tls, rootPassword: 'secret-pw' }));
+    p = primary.client();
+    s = standby.client();
+  });
+  afterAll(async () => {
+    p?.close();
+    s?.close();
+    await Promise.all([primary?.destroy(), standby?.destroy()]);
+  });
+
+  it('syncs over mTLS with user/password auth on both sides, flags from the environment too', async () => {
+    await putMany(p, [
+      ['/registry/secrets/apps/db', 'encrypted-bytes'],
+      ['/registry/pods/apps/web', 'pod'],
+    ]);
+    // Primary from flags, standby entirely from ETCD_SYNC_* variables.
+    const env: Record<string, string> = {
+      ETCD_SYNC_STANDBY_ENDPOINTS: standby.endpoint,
+      ETCD_SYNC_STANDBY_CACERT: tls.ca,
+      ETCD_SYNC_STANDBY_CERT: tls.clientCert,
+      ETCD_SYNC_STANDBY_KEY: tls.clientKey,
+      ETCD_SYNC_STANDBY_USER: 'root',
+      ETCD_SYNC_STANDBY_PASSWORD: 'secret-pw',
+    };
+    const cli = runCli(['run', ...primary.cliArgs('primary')], env);
+    try {
+      await cli.waitForLog('streaming from revision');
+      await p.put('/registry/pods/apps/streamed').value('over tls').exec();
+      await p.delete().key('/registry/pods/apps/web').exec();
+      await waitInSync(p, s);
+    } finally {
+      cli.child.kill('SIGTERM');
+    }
+    expect((await cli.exited).code).toBe(0);
+  });
+
+  const base = (): string[] => ['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby')];
+  const replace = (args: string[], flag: string, value: string): string[] => {
+    const i = args.indexOf(flag);
+    const out = [...args];
+    out[i + 1] = value;
+    return out;
+  };
+  /** The error is one line naming what was wrong; never a stack trace. */
+  const expectOneLine = (output: string, ...parts: string[]): void => {
+    const lines = output.trim().split('\n');
+    expect(lines, output).toHaveLength(1);
+    for (const part of parts) expect(lines[0]).toContain(part);
+    expect(output).not.toMatch(/\n\s+at /);
+  };
+
+  it('unreadable certificate file: exit 2, one line naming the flag and the file', async () => {
+    const missing = path.join(tls.dir, 'nope.crt');
+    const r = await exitOf(replace(base(), '--primary-cacert', missing));
+    expect(r.code).toBe(2);
+    expectOneLine(r.output, '--primary-cacert', missing, 'no such file');
+    const notPem = path.join(tls.dir, 'garbage.pem');
+    writeFileSync(notPem, 'not a certificate');
+    const r2 = await exitOf(replace(base(), '--standby-key', notPem));
+    expect(r2.code).toBe(2);
+    expectOneLine(r2.output, '--standby-key', 'not a PEM file');
+    const unreadable = path.join(tls.dir, 'unreadable.pem');
+    writeFileSync(unreadable, '-----BEGIN CERTIFICATE-----');
+    chmodSync(unreadable, 0);
+    if (process.getuid?.() !== 0) {
+      const r3 = await exitOf(replace(base(), '--standby-cert', unreadable));
+      expect(r3.code).toBe(2);
+      expectOneLine(r3.output, '--standby-cert', 'permission denied');
+    }
+  });
+
+  it('TLS failure (server not signed by the given CA): exit 2, one line naming the endpoint', async () => {
+    const other = makeTls('other-ca');
+    const r = await exitOf(replace(base(), '--primary-cacert', other.ca));
+    expect(r.code).toBe(2);
+    expectOneLine(r.output, 'primary etcd', primary.endpoint, 'TLS handshake failed');
+  });
+
+  it('wrong password: exit 2, one line naming the endpoint and the cause', async () => {
+    const r = await exitOf(replace(base(), '--standby-password', 'wrong'));
+    expect(r.code).toBe(2);
+    expectOneLine(r.output, 'standby etcd', standby.endpoint, 'authentication failed');
+  });
+
+  it('the same etcd on both sides: refused, exit 2', async () => {
+    const args = ['run', ...primary.cliArgs('primary'), ...primary.cliArgs('standby')];
+    const r = await exitOf(args);
+    expect(r.code).toBe(2);
+    expect(r.output).toContain('primary and standby are the same etcd cluster');
+  });
+
+  it('unknown flag, missing endpoints, bad values: usage, exit 2', async () => {
+    const unknown = await exitOf([...base(), '--no-such-flag']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.output).toContain("unknown option '--no-such-flag'");
+    expect(unknown.output).toContain('--help');
+    const none = await exitOf(['run']);
+    expect(none.code).toBe(2);
+    expect(none.output).toContain('missing --primary-endpoints (or ETCD_SYNC_PRIMARY_ENDPOINTS)');
+    const cases: [string[], string][] = [
+      [[...base(), '--max-txn-ops', 'many'], '--max-txn-ops must be a positive integer'],
+      [replace(base(), '--primary-endpoints', 'localhost:2379'), "'localhost:2379' must start with http:// or https://"],
+      [[...base(), '--exclude-namespace', 'Bad_Name'], "--exclude-namespace: 'Bad_Name' is not a valid namespace name"],
+      [[...base(), '--checkpoint-key', '/registry/etcd-sync'], '--checkpoint-key /registry/etcd-sync must be outside --key-prefix /registry/'],
+      [base().filter((a, i, all) => a !== '--primary-key' && all[i - 1] !== '--primary-key'), '--primary-cert and --primary-key go together'],
+    ];
+    for (const [args, message] of cases) {
+      const r = await exitOf(args);
+      expect(r.code, message).toBe(2);
+      expect(r.output, message).toContain(message);
+    }
+    const badEnv = await exitOf(base(), { ETCD_SYNC_PRUNE: 'maybe' });
+    expect(badEnv.code).toBe(2);
+    expectOneLine(badEnv.output, 'ETCD_SYNC_PRUNE must be true or false');
+  });
+});
