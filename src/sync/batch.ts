@@ -92,7 +92,9 @@ export function takeEventBatch(
         if (toOp(events[consumed] as WatchEvent) !== undefined) opsSeen++;
         consumed++;
       }
-      return { ops: [...byKey.values()], consumed, throughRevision: revision - 1n };
+      // Trailing out-of-scope events of the revision need no op.
+      while (consumed < j && toOp(events[consumed] as WatchEvent) === undefined) consumed++;
+      return { ops: [...byKey.values()], consumed, throughRevision: consumed === j ? revision : revision - 1n };
     }
     for (const op of group) {
       byKey.set(keyId(op.key), op);

@@ -1,0 +1,102 @@
+import { describe, expect, it } from 'vitest';
+import type { KeyValue, WriteOp } from '../src/etcd/kv.js';
+import type { WatchEvent } from '../src/etcd/watch.js';
+import { type Finding, mergeJoin } from '../src/diff/merge-join.js';
+import { OpChunker, takeEventBatch } from '../src/sync/batch.js';
+
+const ev = (rev: number, key: string, type: 'put' | 'delete' = 'put', value = `v${rev}`): WatchEvent => ({
+  type,
+  key: Buffer.from(key),
+  value: Buffer.from(type === 'put' ? value : ''),
+  modRevision: BigInt(rev),
+  lease: '0',
+});
+const toOp = (e: WatchEvent): WriteOp | undefined =>
+  e.key.toString().startsWith('/skip') ? undefined : e.type === 'delete' ? { type: 'delete', key: e.key } : { type: 'put', key: e.key, value: e.value };
+const show = (ops: WriteOp[]): string[] => ops.map((o) => `${o.type} ${o.key.toString()}${o.type === 'put' ? `=${o.value.toString()}` : ''}`);
+
+describe('takeEventBatch', () => {
+  const limits = { maxOps: 3, maxBytes: 1_000_000 };
+  it('coalesces writes to one key, last write wins, checkpoint is the last revision', () => {
+    const b = takeEventBatch([ev(5, '/a'), ev(6, '/b'), ev(7, '/a', 'delete'), ev(8, '/b', 'put', 'B')], limits, toOp);
+    expect(show(b.ops)).toEqual(['delete /a', 'put /b=B']);
+    expect(b).toMatchObject({ consumed: 4, throughRevision: 8n });
+  });
+  it('stops before the revision that would exceed maxOps', () => {
+    const b = takeEventBatch([ev(1, '/a'), ev(2, '/b'), ev(3, '/c'), ev(4, '/d'), ev(5, '/e')], limits, toOp);
+    expect(show(b.ops)).toEqual(['put /a=v1', 'put /b=v2', 'put /c=v3']);
+    expect(b).toMatchObject({ consumed: 3, throughRevision: 3n });
+  });
+  it('repeated keys do not count twice against maxOps', () => {
+    const b = takeEventBatch([ev(1, '/a'), ev(2, '/a'), ev(3, '/a'), ev(4, '/b'), ev(5, '/c'), ev(6, '/d')], limits, toOp);
+    expect(b).toMatchObject({ consumed: 5, throughRevision: 5n });
+  });
+  it('keeps a multi-key revision whole when it can, and splits one larger than a txn checkpointing the revision before', () => {
+    const whole = takeEventBatch([ev(1, '/a'), ev(2, '/b'), ev(2, '/c'), ev(2, '/d')], limits, toOp);
+    expect(whole).toMatchObject({ consumed: 1, throughRevision: 1n });
+    const big = [ev(2, '/b'), ev(2, '/c'), ev(2, '/d'), ev(2, '/e'), ev(3, '/f')];
+    const first = takeEventBatch(big, limits, toOp);
+    expect(show(first.ops)).toEqual(['put /b=v2', 'put /c=v2', 'put /d=v2']);
+    expect(first).toMatchObject({ consumed: 3, throughRevision: 1n });
+    const rest = takeEventBatch(big.slice(first.consumed), limits, toOp);
+    expect(show(rest.ops)).toEqual(['put /e=v2', 'put /f=v3']);
+    expect(rest).toMatchObject({ consumed: 2, throughRevision: 3n });
+  });
+  it('out-of-scope events are consumed and advance the checkpoint without ops', () => {
+    const b = takeEventBatch([ev(1, '/skip/x'), ev(2, '/a'), ev(3, '/skip/y')], limits, toOp);
+    expect(show(b.ops)).toEqual(['put /a=v2']);
+    expect(b).toMatchObject({ consumed: 3, throughRevision: 3n });
+  });
+  it('respects maxBytes', () => {
+    const big = 'x'.repeat(600);
+    const b = takeEventBatch([ev(1, '/a', 'put', big), ev(2, '/b', 'put', big)], { maxOps: 100, maxBytes: 1000 }, toOp);
+    expect(b).toMatchObject({ consumed: 1, throughRevision: 1n });
+    const single = takeEventBatch([ev(1, '/a', 'put', 'y'.repeat(5000))], { maxOps: 100, maxBytes: 1000 }, toOp);
+    expect(single).toMatchObject({ consumed: 1, throughRevision: 1n });
+  });
+});
+
+describe('OpChunker', () => {
+  it('chunks by op count and bytes', () => {
+    const chunker = new OpChunker({ maxOps: 2, maxBytes: 100 });
+    const put = (k: string, size = 1): WriteOp => ({ type: 'put', key: Buffer.from(k), value: Buffer.alloc(size) });
+    expect(chunker.add(put('/a'))).toBeUndefined();
+    expect(chunker.add(put('/b'))).toBeUndefined();
+    expect(show(chunker.add(put('/c')) ?? []).map((s) => s.split('=')[0])).toEqual(['put /a', 'put /b']);
+    expect(show(chunker.add(put('/d', 90)) ?? []).map((s) => s.split('=')[0])).toEqual(['put /c']);
+    expect(chunker.flush()?.length).toBe(1);
+    expect(chunker.flush()).toBeUndefined();
+  });
+});
+
+describe('mergeJoin', () => {
+  const kv = (key: string | Buffer, value: string): KeyValue => ({ key: Buffer.from(key as never), value: Buffer.from(value), modRevision: 1n, lease: '0' });
+  async function* pages(...ps: KeyValue[][]): AsyncGenerator<KeyValue[]> {
+    yield* ps;
+  }
+  const run = async (p: KeyValue[][], s: KeyValue[][]): Promise<string[]> => {
+    const out: string[] = [];
+    for await (const f of mergeJoin(pages(...p), pages(...s), (a, b) => a.value.equals(b.value))) out.push(describe(f));
+    return out;
+  };
+  const describe = (f: Finding): string =>
+    `${f.kind} ${('primary' in f ? f.primary : f.standby).key.toString('latin1')}`;
+
+  it('classifies keys across page boundaries in key order', async () => {
+    const result = await run(
+      [[kv('/a', '1'), kv('/b', '2')], [kv('/d', '4'), kv('/e', '5')]],
+      [[kv('/b', '2')], [kv('/c', '3'), kv('/d', 'x')], [kv('/f', '6')]],
+    );
+    expect(result).toEqual(['missing /a', 'equal /b', 'surplus /c', 'different /d', 'missing /e', 'surplus /f']);
+  });
+  it('empty sides', async () => {
+    expect(await run([], [])).toEqual([]);
+    expect(await run([[kv('/a', '1')]], [])).toEqual(['missing /a']);
+    expect(await run([], [[kv('/a', '1')]])).toEqual(['surplus /a']);
+  });
+  it('orders binary keys bytewise, as etcd does', async () => {
+    const hi = Buffer.from([0x2f, 0xff]);
+    const lo = Buffer.from([0x2f, 0x01]);
+    expect(await run([[kv(lo, 'x'), kv(hi, 'y')]], [[kv(hi, 'y')]])).toEqual([`missing ${lo.toString('latin1')}`, `equal ${hi.toString('latin1')}`]);
+  });
+});

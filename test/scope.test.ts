@@ -1,0 +1,78 @@
+import { describe, expect, it } from 'vitest';
+import { Scope, type ScopeDecision, defaultScopeRules, parseKubernetesKey, prefixEnd } from '../src/scope.js';
+
+describe('parseKubernetesKey', () => {
+  it.each([
+    ['pods/apps/web-0', { resource: 'pods', namespace: 'apps', name: 'web-0' }],
+    ['namespaces/apps', { resource: 'namespaces', name: 'apps' }],
+    ['clusterroles/admin', { resource: 'clusterroles', name: 'admin' }],
+    ['minions/node-1', { resource: 'minions', name: 'node-1' }],
+    ['services/specs/apps/api', { resource: 'services/specs', namespace: 'apps', name: 'api' }],
+    ['services/endpoints/apps/api', { resource: 'services/endpoints', namespace: 'apps', name: 'api' }],
+    ['example.com/widgets/apps/w', { resource: 'example.com/widgets', namespace: 'apps', name: 'w' }],
+    ['apiextensions.k8s.io/customresourcedefinitions/widgets.example.com', { resource: 'apiextensions.k8s.io/customresourcedefinitions', name: 'widgets.example.com' }],
+    ['ranges/serviceips', { resource: 'ranges', name: 'serviceips' }],
+  ])('%s', (rest, expected) => {
+    expect(parseKubernetesKey(rest)).toEqual(expected);
+  });
+  it.each(['pods', 'pods/a/b/c', 'pods//x', 'example.com/widgets'])('%s is not an object key', (rest) => {
+    expect(parseKubernetesKey(rest)).toBeUndefined();
+  });
+});
+
+describe('Scope with the default rules', () => {
+  const scope = new Scope(defaultScopeRules());
+  const cases: [string, ScopeDecision][] = [
+    ['/registry/pods/apps/web-0', 'in-scope'],
+    ['/registry/pods/default/web-0', 'in-scope'],
+    ['/registry/pods/kube-system/etcd-0', 'excluded-namespace'],
+    ['/registry/leases/kube-node-lease/node-1', 'excluded-namespace'],
+    ['/registry/configmaps/kube-public/cluster-info', 'excluded-namespace'],
+    ['/registry/namespaces/kube-system', 'excluded-namespace'],
+    ['/registry/namespaces/apps', 'in-scope'],
+    ['/registry/services/specs/kube-system/kube-dns', 'excluded-namespace'],
+    ['/registry/services/endpoints/kube-system/kube-dns', 'excluded-namespace'],
+    ['/registry/services/specs/apps/api', 'in-scope'],
+    ['/registry/example.com/widgets/kube-system/w', 'excluded-namespace'],
+    ['/registry/example.com/widgets/apps/w', 'in-scope'],
+    // Cluster-scoped objects are never excluded by namespace, whatever their name.
+    ['/registry/clusterroles/kube-system', 'in-scope'],
+    ['/registry/example.com/clusterwidgets/kube-system', 'in-scope'],
+    ['/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com', 'in-scope'],
+    ['/registry/masterleases/10.0.0.1', 'excluded-prefix'],
+    ['/registry/peerserverleases/10.0.0.1', 'excluded-prefix'],
+    ['compact_rev_key', 'outside-prefix'],
+    ['/etcd-sync/checkpoint', 'outside-prefix'],
+    ['/registry', 'outside-prefix'],
+    ['/registryx/pods/a/b', 'outside-prefix'],
+    // Unknown layouts cannot be told apart by namespace: copied as they are.
+    ['/registry/odd/a/b/c', 'in-scope'],
+  ];
+  it.each(cases)('%s → %s', (key, decision) => {
+    expect(scope.decide(Buffer.from(key))).toBe(decision);
+  });
+  it('handles binary keys byte for byte', () => {
+    const key = Buffer.concat([Buffer.from('/registry/pods/kube-system/'), Buffer.from([0xff, 0x00])]);
+    expect(scope.decide(key)).toBe('excluded-namespace');
+    expect(scope.decide(Buffer.concat([Buffer.from('/registry/pods/apps/'), Buffer.from([0xc3, 0x28])]))).toBe('in-scope');
+  });
+  it('custom rules: other prefix, no excluded namespaces', () => {
+    const custom = new Scope({ keyPrefix: Buffer.from('/k8s/'), excludeNamespaces: new Set(), excludePrefixes: [Buffer.from('/k8s/events/')] });
+    expect(custom.decide(Buffer.from('/k8s/pods/kube-system/x'))).toBe('in-scope');
+    expect(custom.decide(Buffer.from('/k8s/events/apps/e'))).toBe('excluded-prefix');
+    expect(custom.decide(Buffer.from('/registry/pods/apps/x'))).toBe('outside-prefix');
+  });
+});
+
+describe('prefixEnd', () => {
+  it.each([
+    ['/registry/', '/registry0'],
+    ['a', 'b'],
+  ])('%s → %s', (prefix, end) => {
+    expect(prefixEnd(Buffer.from(prefix)).toString()).toBe(end);
+  });
+  it('carries over 0xff bytes', () => {
+    expect(prefixEnd(Buffer.from([0x61, 0xff]))).toEqual(Buffer.from([0x62]));
+    expect(prefixEnd(Buffer.from([0xff, 0xff]))).toEqual(Buffer.from([0]));
+  });
+});
