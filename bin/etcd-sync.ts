@@ -40,7 +40,9 @@ function fail(message: string, code: number): never {
 process.on('unhandledRejection', (err) => fail(`internal error: ${describeError(err)}`, 1));
 process.on('uncaughtException', (err) => fail(`internal error: ${describeError(err)}`, 1));
 
+let progressDrawn = false;
 function drawProgress(p: SyncProgress): void {
+  progressDrawn = true;
   process.stderr.write(`\r\x1b[2Ksync: ${p.scanned} keys compared, ${p.written} written, ${(p.bytesWritten / 1048576).toFixed(1)} MiB, ${p.keysPerSecond} keys/s`);
 }
 
@@ -50,7 +52,11 @@ const program = buildProgram(process.env, async ({ name, options }) => {
     const log = createLogger(config.logLevel, { cmd: 'run' });
     process.once('SIGTERM', () => log.info('SIGTERM: finishing the transaction in flight'));
     process.once('SIGINT', () => log.info('SIGINT: finishing the transaction in flight'));
-    await runSync(config, log, controller.signal, process.stderr.isTTY ? { onProgress: drawProgress } : {});
+    const endProgressLine = (): void => {
+      if (progressDrawn) process.stderr.write('\n');
+      progressDrawn = false;
+    };
+    await runSync(config, log, controller.signal, process.stderr.isTTY ? { onProgress: drawProgress, onState: endProgressLine } : {});
   }
 });
 

@@ -118,6 +118,10 @@ describe('sync engine against real etcd', () => {
     }
     await Promise.all(ops);
     await p.put('compact_rev_key').value('primary-compact-2').exec();
+    // The largest value etcd's default 1.5 MiB request limit lets the primary accept, binary.
+    const nearLimit = Buffer.alloc(1.5 * 1024 * 1024 - 100, 0xab);
+    nearLimit[0] = 0;
+    await p.put('/registry/configmaps/apps/near-limit').value(nearLimit).exec();
     await waitFor(async () => {
       const a = await inScope(p);
       a['/registry/secrets/apps/standby-only'] = Buffer.from('surplus').toString('hex');
@@ -133,6 +137,7 @@ describe('sync engine against real etcd', () => {
     const after = await snapshot(s);
     expect([...after.keys()].filter((k) => k.startsWith('/registry/pods/kube-system/p-'))).toEqual([]);
     expect(after.get('compact_rev_key')?.value.toString()).toBe('standby-compact');
+    expect(after.get('/registry/configmaps/apps/near-limit')?.value.equals(nearLimit)).toBe(true);
 
     // The checkpoint reaches the primary's revision (progress notifications cover the out-of-prefix write).
     const primaryRev = BigInt((await p.kv.range({ key: Buffer.from('x') })).header.revision);

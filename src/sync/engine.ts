@@ -224,8 +224,15 @@ export class SyncEngine {
         mapped.push(op);
       }
     }
-    mapped.push(this.checkpointOp(checkpoint));
-    await this.retry('write to standby', () => txn(this.standby, mapped));
+    try {
+      await this.retry('write to standby', () => txn(this.standby, [...mapped, this.checkpointOp(checkpoint)]));
+    } catch (err) {
+      // A value close to etcd's request limit fits the primary's put but not with our checkpoint
+      // beside it: write it alone, then the checkpoint. A crash in between replays it (puts are idempotent).
+      if (mapped.length !== 1 || !/request is too large/.test(String((err as Error).message))) throw err;
+      await this.retry('write to standby', () => txn(this.standby, mapped));
+      await this.retry('write checkpoint', () => txn(this.standby, [this.checkpointOp(checkpoint)]));
+    }
     if (checkpoint > this.checkpointedRevision) this.checkpointedRevision = checkpoint;
   }
 
