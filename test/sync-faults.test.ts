@@ -90,7 +90,11 @@ describe('etcd restarts under load', () => {
       await cli.waitForLog('connect to primary failed, retrying');
       expect(cli.child.exitCode).toBeNull();
       await primary.launch();
-      await p.put('/registry/configmaps/x/after-restart').value('yes').exec();
+      // The test's own etcd3 client keeps its default circuit breaker open for 5 s after failures.
+      await waitFor(async () => {
+        await p.put('/registry/configmaps/x/after-restart').value('yes').exec();
+        return true;
+      }, { timeoutMs: 20_000, intervalMs: 500 });
       await cli.waitForLog('streaming from revision');
       await waitInSync(p, s);
     } finally {

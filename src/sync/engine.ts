@@ -154,7 +154,7 @@ export class SyncEngine {
       this.setState(checkpoint ? 'resyncing' : 'initial-sync');
       await this.leases.load();
       await this.fullSync(revision, prune);
-      this.log.info({ revision: revision.toString(), ...this.lastDiff, revisionStr: undefined }, 'initial sync done');
+      this.log.info({ ...this.lastDiff, revision: revision.toString() }, 'initial sync done');
       for (;;) {
         this.setState('streaming');
         try {

@@ -86,7 +86,9 @@ export class EtcdServer {
 
   async launch(): Promise<void> {
     this.stderr = '';
-    const child = spawn(ETCD_BIN, this.args(), { stdio: ['ignore', 'ignore', 'pipe'] });
+    // etcd reads every ETCD_* variable as a flag (ETCD_VERSION=3.4 would become --version): drop them.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD_')));
+    const child = spawn(ETCD_BIN, this.args(), { stdio: ['ignore', 'ignore', 'pipe'], env });
     child.stderr?.on('data', (d: Buffer) => {
       this.stderr = (this.stderr + d.toString()).slice(-4000);
     });
