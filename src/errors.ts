@@ -138,12 +138,9 @@ export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
     text.includes('timed out') ||
     text.includes('server is stopped') ||
     text.includes('client_closed') ||
-    text.includes('ECONNREFUSED'.toLowerCase())
+    text.includes('econnrefused')
   ) {
     return new UnreachableError(`${where}: unavailable: ${short}`, cause);
-  }
-  if (code === OUT_OF_RANGE && text.includes('future revision')) {
-    return new EtcdRequestError(`${where}: ${short}`, cause);
   }
   return new EtcdRequestError(`${where}: ${short}`, cause);
 }

@@ -6,7 +6,8 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_EXCLUDE_PREFIXES, DEFAULT_KEY_PREFIX } from '../scope.js';
 import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS } from '../sync/batch.js';
-import { DEFAULT_CHECKPOINT_KEY, DEFAULT_PAGE_SIZE, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
+import { DEFAULT_PAGE_SIZE } from '../etcd/kv.js';
+import { DEFAULT_CHECKPOINT_KEY, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
 import { ConfigError } from '../errors.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;

@@ -1,5 +1,5 @@
 /** Range, txn and status calls, in etcd-sync's own types (Buffers, bigint revisions). */
-import { CompactedError, TooLargeError } from '../errors.js';
+import { TooLargeError } from '../errors.js';
 import type { EtcdSide } from './connection.js';
 
 export interface KeyValue {
@@ -150,14 +150,4 @@ export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = 
     c.kv.txn({ compare: compares.map(rawCompare), success: ops.map(rawOp), failure: [] } as never),
   );
   return { succeeded: res.succeeded, header: header(res.header as unknown as RawHeader) };
-}
-
-/** Throws CompactedError when `revision` is no longer readable on this side. */
-export async function assertInHistory(side: EtcdSide, revision: bigint): Promise<void> {
-  try {
-    await rangePage(side, { key: Buffer.from([0]), rangeEnd: Buffer.from([0]), limit: 1, revision, keysOnly: true });
-  } catch (err) {
-    if (err instanceof CompactedError) throw new CompactedError(`${side.name}: revision ${revision} has been compacted`, undefined);
-    throw err;
-  }
 }

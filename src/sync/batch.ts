@@ -59,15 +59,16 @@ export function takeEventBatch(
     const revision = (events[i] as WatchEvent).modRevision;
     let j = i;
     while (j < events.length && (events[j] as WatchEvent).modRevision === revision) j++;
-    const group: WriteOp[] = [];
+    // Each op with the index of its event, so that a split knows where to resume.
+    const group: { index: number; op: WriteOp }[] = [];
     for (let k = i; k < j; k++) {
       const op = toOp(events[k] as WatchEvent);
-      if (op !== undefined) group.push(op);
+      if (op !== undefined) group.push({ index: k, op });
     }
     let newKeys = 0;
     let addBytes = 0;
     const seen = new Set<string>();
-    for (const op of group) {
+    for (const { op } of group) {
       const id = keyId(op.key);
       if (!byKey.has(id) && !seen.has(id)) newKeys++;
       seen.add(id);
@@ -76,27 +77,22 @@ export function takeEventBatch(
     const fits = byKey.size + newKeys <= limits.maxOps && bytes + addBytes <= limits.maxBytes;
     if (!fits && byKey.size > 0) break;
     if (!fits) {
-      // This revision alone is larger than one txn: take what fits, checkpoint the one before.
+      // This revision alone is larger than one txn: take what fits, checkpoint the one before,
+      // and resume at the first event not taken (or after the revision when all fit after all).
       let taken = 0;
-      for (const op of group) {
+      for (const { op } of group) {
         const size = opBytes(op);
         if (byKey.size > 0 && (byKey.size + 1 > limits.maxOps || bytes + size > limits.maxBytes)) break;
         byKey.set(keyId(op.key), op);
         bytes += size;
         taken++;
       }
-      // Events map 1:1 to ops except out-of-scope ones; consume up to the last taken op.
-      let consumed = i;
-      let opsSeen = 0;
-      while (consumed < j && opsSeen < taken) {
-        if (toOp(events[consumed] as WatchEvent) !== undefined) opsSeen++;
-        consumed++;
-      }
-      // Trailing out-of-scope events of the revision need no op.
-      while (consumed < j && toOp(events[consumed] as WatchEvent) === undefined) consumed++;
-      return { ops: [...byKey.values()], consumed, throughRevision: consumed === j ? revision : revision - 1n };
+      const firstLeft = group[taken];
+      return firstLeft === undefined
+        ? { ops: [...byKey.values()], consumed: j, throughRevision: revision }
+        : { ops: [...byKey.values()], consumed: firstLeft.index, throughRevision: revision - 1n };
     }
-    for (const op of group) {
+    for (const { op } of group) {
       byKey.set(keyId(op.key), op);
     }
     bytes += addBytes;

@@ -7,18 +7,16 @@ import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import { CompactedError, ConfigError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { type KeyValue, type WriteOp, readHeader, readKey, scanPages, txn } from '../etcd/kv.js';
+import { DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, readHeader, readKey, scanPages, txn } from '../etcd/kv.js';
 import { type WatchEvent, WatchStream } from '../etcd/watch.js';
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
 import type { Scope } from '../scope.js';
-import { startsWith } from '../scope.js';
 import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS, OpChunker, takeEventBatch } from './batch.js';
 import { LeaseMapper } from './leases.js';
 import { AbortedError, delay, withRetry } from './retry.js';
 
 export const DEFAULT_CHECKPOINT_KEY = '/etcd-sync/checkpoint';
 export const DEFAULT_WRITE_CONCURRENCY = 4;
-export const DEFAULT_PAGE_SIZE = 1000;
 
 export interface SyncOptions {
   scope: Scope;
@@ -104,9 +102,6 @@ export class SyncEngine {
   ) {
     this.scope = options.scope;
     this.checkpointKey = options.checkpointKey;
-    if (startsWith(options.checkpointKey, options.scope.keyPrefix)) {
-      throw new ConfigError(`--checkpoint-key ${options.checkpointKey.toString()} must be outside --key-prefix ${options.scope.keyPrefix.toString()}`);
-    }
     this.maxTxnOps = options.maxTxnOps ?? DEFAULT_MAX_TXN_OPS;
     this.maxTxnBytes = options.maxTxnBytes ?? DEFAULT_MAX_TXN_BYTES;
     this.writeConcurrency = options.writeConcurrency ?? DEFAULT_WRITE_CONCURRENCY;
@@ -136,7 +131,7 @@ export class SyncEngine {
       await this.preflight();
       const checkpoint = await this.retry('read checkpoint', () => this.readCheckpoint());
       let revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
-      let prune = this.options.prune ?? false;
+      const prune = this.options.prune ?? false;
       if (checkpoint && checkpoint.primaryClusterId !== this.primaryClusterId) {
         this.log.warn({ checkpointCluster: checkpoint.primaryClusterId, primaryCluster: this.primaryClusterId }, 'resync: checkpoint belongs to another primary cluster');
       } else if (checkpoint) {
@@ -152,7 +147,7 @@ export class SyncEngine {
         }
       }
       this.setState(checkpoint ? 'resyncing' : 'initial-sync');
-      await this.leases.load();
+      await this.retry('load lease mappings', () => this.leases.load());
       await this.fullSync(revision, prune);
       this.log.info({ ...this.lastDiff, revision: revision.toString() }, 'initial sync done');
       for (;;) {
@@ -165,7 +160,6 @@ export class SyncEngine {
           this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'resync: watch revision compacted');
           this.setState('resyncing');
           revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
-          prune = this.options.prune ?? false;
           await this.fullSync(revision, prune);
           this.log.info({ revision: revision.toString() }, 'resync done');
         }

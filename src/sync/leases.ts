@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { rangePage, txn } from '../etcd/kv.js';
+import { scanPages, txn } from '../etcd/kv.js';
 import { leaseGrant, leaseKeepAliveOnce, leaseRevoke, leaseTimeToLive } from '../etcd/lease.js';
 import { prefixEnd } from '../scope.js';
 
@@ -35,11 +35,9 @@ export class LeaseMapper {
 
   /** Loads the mappings of leases still alive on the standby. */
   async load(): Promise<void> {
-    let key = this.keyPrefix;
-    const end = prefixEnd(this.keyPrefix);
-    for (;;) {
-      const page = await rangePage(this.standby, { key, rangeEnd: end, limit: 1000 });
-      for (const kv of page.kvs) {
+    const range = { key: this.keyPrefix, rangeEnd: prefixEnd(this.keyPrefix) };
+    for await (const page of scanPages(this.standby, range, (_what, read) => read())) {
+      for (const kv of page) {
         const primaryId = kv.key.subarray(this.keyPrefix.length).toString();
         try {
           const saved = JSON.parse(kv.value.toString()) as { standbyId: string; grantedTtl: number };
@@ -54,9 +52,6 @@ export class LeaseMapper {
           this.log.warn({ primaryLease: primaryId, err: describeError(err) }, 'ignoring unreadable lease mapping');
         }
       }
-      const last = page.kvs[page.kvs.length - 1];
-      if (!page.more || last === undefined) break;
-      key = Buffer.concat([last.key, Buffer.from([0])]);
     }
     if (this.mappings.size > 0) this.log.info({ leases: this.mappings.size }, 'loaded lease mappings');
   }
