@@ -17,9 +17,10 @@ export async function leaseTimeToLive(side: EtcdSide, id: string): Promise<{ ttl
   }
 }
 
-export async function leaseGrant(side: EtcdSide, ttlSeconds: number): Promise<string> {
+/** Grants a lease; etcd may raise a TTL below its minimum, so the granted TTL is returned. */
+export async function leaseGrant(side: EtcdSide, ttlSeconds: number): Promise<{ id: string; ttl: number }> {
   const res = await side.call('lease grant', (c) => c.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
-  return res.ID;
+  return { id: res.ID, ttl: Number(res.TTL) };
 }
 
 export async function leaseRevoke(side: EtcdSide, id: string): Promise<void> {

@@ -80,8 +80,9 @@ export class LeaseMapper {
   private async grant(primaryId: string): Promise<string> {
     const remaining = await leaseTimeToLive(this.primary, primaryId);
     // A lease already gone on the primary: its keys' deletes are on their way; live briefly.
-    const ttl = Math.max(1, remaining.ttl);
-    const standbyId = await leaseGrant(this.standby, ttl);
+    const granted = await leaseGrant(this.standby, Math.max(1, remaining.ttl));
+    const standbyId = granted.id;
+    const ttl = granted.ttl;
     const mapping: Mapping = { standbyId, grantedTtl: ttl, renewedAt: Date.now() };
     await txn(this.standby, [
       {
@@ -103,7 +104,9 @@ export class LeaseMapper {
 
   private schedule(primaryId: string, mapping: Mapping): void {
     if (this.stopped) return;
-    const intervalMs = Math.min(60_000, Math.max(1_000, (mapping.grantedTtl * 1000) / 3));
+    // Look again when half of the copy's time is left, so a keep-alive is never late.
+    const leftMs = mapping.grantedTtl * 1000 - (Date.now() - mapping.renewedAt);
+    const intervalMs = Math.min(60_000, Math.max(250, leftMs / 2));
     mapping.timer = setTimeout(() => void this.refresh(primaryId, mapping), intervalMs);
     mapping.timer.unref();
   }
@@ -123,7 +126,8 @@ export class LeaseMapper {
         return;
       }
       const standbyLeft = mapping.grantedTtl - (Date.now() - mapping.renewedAt) / 1000;
-      if (primaryLeft.ttl > standbyLeft + 1) {
+      // etcd floors TTLs to whole seconds: the primary's may have up to 1 s more than it says.
+      if (primaryLeft.ttl + 1 > standbyLeft) {
         const ttl = await leaseKeepAliveOnce(this.standby, mapping.standbyId);
         if (ttl <= 0) {
           // Expired on the standby already (etcd-sync was away): its keys are gone; forget it
