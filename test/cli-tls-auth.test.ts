@@ -2,9 +2,9 @@
 import { chmodSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdServer, startPair } from './helpers/etcd.js';
-import { makeTls, type TlsFiles } from './helpers/tls.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { type EtcdServer, usePair } from './helpers/etcd.js';
+import { makeTls } from './helpers/tls.js';
 import { putMany, runCli, waitInSync } from './helpers/sync.js';
 
 async function exitOf(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
@@ -14,23 +14,13 @@ async function exitOf(args: string[], env: Record<string, string> = {}): Promise
 }
 
 describe('TLS, auth and bad input', () => {
-  let tls: TlsFiles;
+  const tls = makeTls();
   let primary: EtcdServer;
   let standby: EtcdServer;
   let p: Etcd3;
   let s: Etcd3;
-
-  beforeAll(async () => {
-    tls = makeTls();
-    ({ primary, standby } = await startPair({ tls, rootPassword: 'secret-pw' }));
-    p = primary.client();
-    s = standby.client();
-  });
-  afterAll(async () => {
-    p?.close();
-    s?.close();
-    await Promise.all([primary?.destroy(), standby?.destroy()]);
-  });
+  const pair = usePair({ tls, rootPassword: 'secret-pw' });
+  beforeAll(() => ({ primary, standby, p, s } = pair));
 
   it('syncs over mTLS with user/password auth on both sides, flags from the environment too', async () => {
     await putMany(p, [

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import type { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdServer, startPair } from './helpers/etcd.js';
-import { type RunningEngine, inScope, putMany, snapshot, startEngine, waitInSync } from './helpers/sync.js';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type EtcdServer, usePair } from './helpers/etcd.js';
+import { type RunningEngine, differences, inScope, putMany, snapshot, startEngine } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 const storedPod = readFileSync('test/fixtures/k8s-objects/storage-pod.bin');
@@ -16,19 +16,11 @@ describe('sync engine against real etcd', () => {
   let s: Etcd3;
   let running: RunningEngine | undefined;
 
-  beforeAll(async () => {
-    ({ primary, standby } = await startPair());
-    p = primary.client();
-    s = standby.client();
-  });
+  const pair = usePair();
+  beforeAll(() => ({ primary, standby, p, s } = pair));
   afterEach(async () => {
     await running?.stop();
     running = undefined;
-  });
-  afterAll(async () => {
-    p?.close();
-    s?.close();
-    await Promise.all([primary?.destroy(), standby?.destroy()]);
   });
 
   it('copies the in-scope keyspace, skips excluded namespaces and prefixes, then streams mixed writes', async () => {
@@ -126,12 +118,8 @@ describe('sync engine against real etcd', () => {
       const a = await inScope(p);
       a['/registry/secrets/apps/standby-only'] = Buffer.from('surplus').toString('hex');
       return isDeepStrictEqual(a, await inScope(s));
-    }, { timeoutMs: 60_000, message: 'standby did not catch up with streamed writes' }).catch(async (err) => {
-      const a = await inScope(p);
-      const b = await inScope(s);
-      const diff = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => a[k] !== b[k]);
-      console.log('DIFF', diff.length, diff.slice(0, 10).map((k) => [k, a[k] && Buffer.from(a[k], 'hex').toString().slice(0, 30), b[k] && Buffer.from(b[k], 'hex').toString().slice(0, 30)]));
-      throw err;
+    }, { timeoutMs: 60_000, message: 'standby did not catch up with streamed writes' }).catch(async (err: Error) => {
+      throw new Error(`${err.message}; differing keys (the surplus key is expected):\n${(await differences(p, s)).slice(0, 8).join('\n')}`);
     });
     expect(text('/registry/pods/kube-system/etcd-0')).toBe('standby-system-pod');
     const after = await snapshot(s);

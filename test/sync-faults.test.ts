@@ -1,7 +1,7 @@
 /** Each etcd restarted under load, and an etcd unreachable at start: nothing lost once it is back. */
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdServer, startPair } from './helpers/etcd.js';
+import { type EtcdServer, usePair } from './helpers/etcd.js';
 import { type RunningEngine, inScope, runCli, startEngine, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -12,16 +12,10 @@ describe('etcd restarts under load', () => {
   let s: Etcd3;
   let running: RunningEngine | undefined;
 
-  beforeAll(async () => {
-    ({ primary, standby } = await startPair());
-    p = primary.client();
-    s = standby.client();
-  });
+  const pair = usePair();
+  beforeAll(() => ({ primary, standby, p, s } = pair));
   afterAll(async () => {
     await running?.stop();
-    p?.close();
-    s?.close();
-    await Promise.all([primary?.destroy(), standby?.destroy()]);
   });
 
   /** Writes puts and deletes until stopped, retrying each write while the primary is down. */

@@ -1,7 +1,7 @@
 /** Restarts of the real CLI process: kill -9 mid initial sync and mid stream, SIGTERM, compaction while stopped. */
 import type { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdServer, startPair } from './helpers/etcd.js';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type EtcdServer, usePair } from './helpers/etcd.js';
 import { type CliProcess, inScope, putMany, runCli, snapshot, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -14,19 +14,11 @@ describe('restarts of etcd-sync run', () => {
   const start = (...extra: string[]): CliProcess =>
     (cli = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), ...extra]));
 
-  beforeAll(async () => {
-    ({ primary, standby } = await startPair());
-    p = primary.client();
-    s = standby.client();
-  });
+  const pair = usePair();
+  beforeAll(() => ({ primary, standby, p, s } = pair));
   afterEach(() => {
     cli?.child.kill('SIGKILL');
     cli = undefined;
-  });
-  afterAll(async () => {
-    p?.close();
-    s?.close();
-    await Promise.all([primary?.destroy(), standby?.destroy()]);
   });
 
   const countStandby = async (): Promise<number> => Object.keys(await inScope(s)).length;
