@@ -5,8 +5,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/ensure-deps.sh
 npx tsc -p tsconfig.scripts.json
-if [ -z "${ETCD_BIN:-}" ]; then
-  ETCD_BIN=$(bash scripts/install-etcd.sh "${ETCD_VERSION:-3.5}")
-  export ETCD_BIN
-fi
+ETCD_BIN=$(bash scripts/install-etcd.sh "${ETCD_VERSION:-3.5}")
+export ETCD_BIN
 exec node dist/scripts/demo.js

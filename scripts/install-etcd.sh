@@ -3,8 +3,9 @@
 # changing the machine's apt configuration: a temporary sources list that reuses the Debian
 # mirror already configured on this machine, `apt-get download`, `dpkg -x`.
 #   scripts/install-etcd.sh [3.5|3.4]      3.5 (default) comes from trixie, 3.4 from bookworm
-# Prints the path of the etcd binary. Set ETCD_BIN to use an etcd of your own instead.
+# Prints the path of the etcd binary. ETCD_BIN, when set, names an etcd of your own: it is printed as is.
 set -euo pipefail
+if [ -n "${ETCD_BIN:-}" ]; then echo "$ETCD_BIN"; exit 0; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=${1:-3.5}
 case "$version" in

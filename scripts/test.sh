@@ -6,9 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/ensure-deps.sh
 npx tsc -p tsconfig.check.json
-if [ -z "${ETCD_BIN:-}" ]; then
-  ETCD_BIN=$(bash scripts/install-etcd.sh "${ETCD_VERSION:-3.5}")
-  export ETCD_BIN
-fi
+ETCD_BIN=$(bash scripts/install-etcd.sh "${ETCD_VERSION:-3.5}")
+export ETCD_BIN
 echo "etcd-sync tests: node $(node --version), $("$ETCD_BIN" --version | head -1)" >&2
 exec npx vitest run "$@"
