@@ -4,7 +4,9 @@
  *   0 ok / clean shutdown · 1 runtime failure · 2 usage, configuration, TLS or auth error
  */
 import { CommanderError } from 'commander';
-import { runConfig } from '../src/cli/config.js';
+import { createInterface } from 'node:readline/promises';
+import { runCheck } from '../src/cli/check.js';
+import { checkConfig, runConfig } from '../src/cli/config.js';
 import { buildProgram } from '../src/cli/program.js';
 import { runSync } from '../src/cli/run.js';
 import { EtcdSyncError, describeError } from '../src/errors.js';
@@ -46,7 +48,28 @@ function drawProgress(p: SyncProgress): void {
   process.stderr.write(`\r\x1b[2Ksync: ${p.scanned} keys compared, ${p.written} written, ${(p.bytesWritten / 1048576).toFixed(1)} MiB, ${p.keysPerSecond} keys/s`);
 }
 
+/** Lists the keys and asks on the terminal; only offered when stdin is one. */
+async function confirmDelete(keys: string[]): Promise<boolean> {
+  process.stderr.write(`surplus keys only the standby has (${keys.length}):\n${keys.map((k) => `  ${k}`).join('\n')}\n`);
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^y(es)?$/i.test((await rl.question(`delete these ${keys.length} keys from the standby? [y/N] `)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+let exitCode = 0;
 const program = buildProgram(process.env, async ({ name, options }) => {
+  if (name === 'check') {
+    const config = checkConfig(options);
+    const log = createLogger(config.logLevel, { cmd: 'check' });
+    exitCode = await runCheck(config, {
+      log,
+      out: (text) => process.stdout.write(text),
+      ...(process.stdin.isTTY ? { confirm: confirmDelete } : {}),
+    });
+  }
   if (name === 'run') {
     const config = runConfig(options);
     const log = createLogger(config.logLevel, { cmd: 'run' });
@@ -62,7 +85,7 @@ const program = buildProgram(process.env, async ({ name, options }) => {
 
 try {
   await program.parseAsync(process.argv);
-  process.exit(0);
+  process.exit(exitCode);
 } catch (err) {
   if (err instanceof CommanderError) {
     // commander already printed the message (and usage hint).

@@ -15,6 +15,27 @@ export interface RunConfig {
   pageSize: number;
   prune: boolean;
   logLevel: string;
+  /** Periodic check and repair; 0 = off. */
+  checkIntervalMs: number;
+  healDelayMs: number;
+}
+
+export interface CheckConfig {
+  primary: EtcdSideConfig;
+  standby: EtcdSideConfig;
+  scope: ScopeRules;
+  checkpointKey: Buffer;
+  pageSize: number;
+  maxTxnOps: number;
+  maxTxnBytes: number;
+  output: 'text' | 'json';
+  limit: number;
+  repair: boolean;
+  prune: boolean;
+  yes: boolean;
+  dryRun: boolean;
+  settleMs: number;
+  logLevel: string;
 }
 
 type Options = Record<string, unknown>;
@@ -128,20 +149,43 @@ export function scopeConfig(options: Options): { scope: ScopeRules; checkpointKe
   };
 }
 
+function maxTxnOps(options: Options): number {
+  const n = Number(options.maxTxnOps);
+  if (n < 2) throw new ConfigError('--max-txn-ops must be at least 2 (one op records the checkpoint)');
+  return n;
+}
+
 export function runConfig(options: Options): RunConfig {
-  const primary = sideConfig(options, 'primary');
-  const standby = sideConfig(options, 'standby');
-  const maxTxnOps = Number(options.maxTxnOps);
-  if (maxTxnOps < 2) throw new ConfigError('--max-txn-ops must be at least 2 (one op records the checkpoint)');
   return {
-    primary,
-    standby,
+    primary: sideConfig(options, 'primary'),
+    standby: sideConfig(options, 'standby'),
     ...scopeConfig(options),
-    maxTxnOps,
+    maxTxnOps: maxTxnOps(options),
     maxTxnBytes: Number(options.maxTxnBytes),
     writeConcurrency: Number(options.writeConcurrency),
     pageSize: Number(options.pageSize),
     prune: options.prune === true,
     logLevel: String(options.logLevel ?? 'info'),
+    checkIntervalMs: Number(options.checkInterval),
+    healDelayMs: Number(options.healDelay),
+  };
+}
+
+export function checkConfig(options: Options): CheckConfig {
+  return {
+    primary: sideConfig(options, 'primary'),
+    standby: sideConfig(options, 'standby'),
+    ...scopeConfig(options),
+    pageSize: Number(options.pageSize),
+    maxTxnOps: maxTxnOps(options),
+    maxTxnBytes: Number(options.maxTxnBytes),
+    output: options.output === 'json' ? 'json' : 'text',
+    limit: Number(options.limit),
+    repair: options.repair === true || options.prune === true,
+    prune: options.prune === true,
+    yes: options.yes === true,
+    dryRun: options.dryRun === true,
+    settleMs: Number(options.settle),
+    logLevel: String(options.logLevel ?? 'warn'),
   };
 }

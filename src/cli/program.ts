@@ -7,7 +7,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_EXCLUDE_PREFIXES, DEFAULT_KEY_PREFIX } from '../scope.js';
 import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS } from '../sync/batch.js';
 import { DEFAULT_PAGE_SIZE } from '../etcd/kv.js';
-import { DEFAULT_CHECKPOINT_KEY, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
+import { DEFAULT_SETTLE_MS } from '../sync/audit.js';
+import { DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECKPOINT_KEY, DEFAULT_HEAL_DELAY_MS, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
 import { ConfigError } from '../errors.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -68,8 +69,25 @@ export function addWriteOptions(cmd: Command): Command {
     .addOption(new Option('--page-size <n>', 'keys per range page when reading').argParser(positiveInt('--page-size')).default(DEFAULT_PAGE_SIZE));
 }
 
-function addLogOptions(cmd: Command): Command {
-  return cmd.addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'));
+function addLogOptions(cmd: Command, level = 'info'): Command {
+  return cmd.addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default(level));
+}
+
+/** `500ms`, `30s`, `10m`, `1h`; a bare number is seconds. Returns milliseconds. */
+export function parseDuration(flag: string) {
+  return (value: string): number => {
+    const m = /^(\d+)(ms|s|m|h)?$/.exec(value.trim());
+    if (!m) throw new InvalidArgumentError(`${flag} must be a duration like 500ms, 30s, 10m or 1h.`);
+    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+    return Number(m[1]) * unit;
+  };
+}
+
+function nonNegativeInt(flag: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError(`${flag} must be a whole number.`);
+    return Number(value);
+  };
 }
 
 export interface ParsedCommand {
@@ -81,7 +99,7 @@ export interface ParsedCommand {
  * Builds the program. `onCommand` receives the chosen subcommand and its options (flags,
  * then environment, then defaults).
  */
-export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => void | Promise<void>): Command {
+export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unknown): Command {
   const program = new Command('etcd-sync')
     .description("Keeps a standby Kubernetes control plane's etcd a live copy of the primary's")
     .showHelpAfterError('(run with --help for usage)')
@@ -89,13 +107,31 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => voi
 
   const run = new Command('run')
     .description('mirror the primary etcd into the standby: initial diff, then streaming (the daemon)')
-    .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'));
+    .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'))
+    .addOption(new Option('--check-interval <duration>', 'periodic consistency check and repair; 0 turns it off').argParser(parseDuration('--check-interval')).default(DEFAULT_CHECK_INTERVAL_MS, '10m'))
+    .addOption(new Option('--heal-delay <duration>', 'wait before restoring a synced key changed on the standby (doubles per key while it keeps happening)').argParser(parseDuration('--heal-delay')).default(DEFAULT_HEAL_DELAY_MS, '1s'));
   addConnectionOptions(run, 'primary');
   addConnectionOptions(run, 'standby');
   addScopeOptions(run);
   addWriteOptions(run);
   addLogOptions(run);
   program.addCommand(run);
+
+  const check = new Command('check')
+    .description('audit the pair: missing, surplus and different in-scope keys; optionally repair (exit 0 consistent, 1 inconsistent, 2 could not check)')
+    .addOption(new Option('--output <format>', 'report format').choices(['text', 'json']).default('text'))
+    .addOption(new Option('--limit <n>', 'keys listed in the text report').argParser(nonNegativeInt('--limit')).default(100))
+    .addOption(new Option('--repair', "put missing and different keys from the primary's current version"))
+    .addOption(new Option('--prune', 'also delete surplus keys (asks for confirmation unless --yes)'))
+    .addOption(new Option('--yes', 'do not ask before deleting surplus keys'))
+    .addOption(new Option('--dry-run', 'print what --repair/--prune would write, write nothing'))
+    .addOption(new Option('--settle <duration>', 'without a usable checkpoint: wait this long, then re-check each finding').argParser(parseDuration('--settle')).default(DEFAULT_SETTLE_MS, '2s'));
+  addConnectionOptions(check, 'primary');
+  addConnectionOptions(check, 'standby');
+  addScopeOptions(check);
+  addWriteOptions(check);
+  addLogOptions(check, 'warn');
+  program.addCommand(check);
 
   for (const cmd of program.commands) {
     cmd.exitOverride();

@@ -20,6 +20,8 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
         writeConcurrency: config.writeConcurrency,
         pageSize: config.pageSize,
         prune: config.prune,
+        checkIntervalMs: config.checkIntervalMs,
+        healDelayMs: config.healDelayMs,
       },
       log,
       hooks,

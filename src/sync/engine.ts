@@ -12,11 +12,19 @@ import { type WatchEvent, WatchStream } from '../etcd/watch.js';
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
 import type { Scope } from '../scope.js';
 import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS, OpChunker, takeEventBatch } from './batch.js';
-import { LeaseMapper } from './leases.js';
+import { LeaseMapper, leaseKeyPrefix } from './leases.js';
 import { AbortedError, delay, withRetry } from './retry.js';
+import { StandbyWriter } from './writer.js';
+import { audit, repair, repairPlan } from './audit.js';
+import { SelfHealer } from './heal.js';
+import type { CheckReport } from '../diff/report.js';
 
 export const DEFAULT_CHECKPOINT_KEY = '/etcd-sync/checkpoint';
 export const DEFAULT_WRITE_CONCURRENCY = 4;
+/** --check-interval: 10 minutes, as operators expect of a data check. */
+export const DEFAULT_CHECK_INTERVAL_MS = 10 * 60_000;
+/** --heal-delay: first wait before restoring a key changed on the standby. */
+export const DEFAULT_HEAL_DELAY_MS = 1_000;
 
 export interface SyncOptions {
   scope: Scope;
@@ -36,6 +44,10 @@ export interface SyncOptions {
   progressIntervalMs?: number;
   /** After this long without events, ask etcd for a progress notification so the checkpoint advances. Default 5 s. */
   idleProgressMs?: number;
+  /** Periodic check and repair of missing and different keys (surplus too with prune); 0 = off. Default 10 min. */
+  checkIntervalMs?: number;
+  /** First wait before restoring a synced key changed on the standby; undefined or negative = self-healing off. Default 1 s. */
+  healDelayMs?: number;
 }
 
 export interface Checkpoint {
@@ -81,6 +93,9 @@ export class SyncEngine {
   primaryClusterId = '';
   state: SyncState = 'starting';
   lastDiff: DiffStats | undefined;
+  /** The latest periodic check (with what it repaired). */
+  lastCheck: CheckReport | undefined;
+  healer: SelfHealer | undefined;
 
   private readonly maxTxnOps: number;
   private readonly maxTxnBytes: number;
@@ -89,6 +104,7 @@ export class SyncEngine {
   private readonly progressIntervalMs: number;
   private readonly idleProgressMs: number;
   private readonly leases: LeaseMapper;
+  readonly writer: StandbyWriter;
   private readonly scope: Scope;
   private readonly checkpointKey: Buffer;
   private signal: AbortSignal = new AbortController().signal;
@@ -108,8 +124,8 @@ export class SyncEngine {
     this.pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
     this.progressIntervalMs = options.progressIntervalMs ?? 5_000;
     this.idleProgressMs = options.idleProgressMs ?? 5_000;
-    const leasePrefix = Buffer.concat([this.checkpointKey, Buffer.from('/leases/')]);
-    this.leases = new LeaseMapper(primary, standby, leasePrefix, log);
+    this.leases = new LeaseMapper(primary, standby, leaseKeyPrefix(this.checkpointKey), log);
+    this.writer = new StandbyWriter(standby, this.leases, log, () => this.signal);
   }
 
   private setState(state: SyncState): void {
@@ -150,19 +166,17 @@ export class SyncEngine {
       await this.retry('load lease mappings', () => this.leases.load());
       await this.fullSync(revision, prune);
       this.log.info({ ...this.lastDiff, revision: revision.toString() }, 'initial sync done');
-      for (;;) {
-        this.setState('streaming');
-        try {
-          await this.stream();
-          return;
-        } catch (err) {
-          if (!(err instanceof CompactedError)) throw err;
-          this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'resync: watch revision compacted');
-          this.setState('resyncing');
-          revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
-          await this.fullSync(revision, prune);
-          this.log.info({ revision: revision.toString() }, 'resync done');
-        }
+      // Background work ends with streaming, whatever ends it, so run() can never hang on it.
+      const backgroundStop = new AbortController();
+      const stopBackground = (): void => backgroundStop.abort();
+      signal.addEventListener('abort', stopBackground, { once: true });
+      const background = this.startBackground(backgroundStop.signal);
+      try {
+        await this.streamUntilStopped(prune);
+      } finally {
+        stopBackground();
+        signal.removeEventListener('abort', stopBackground);
+        await background;
       }
     } catch (err) {
       if (err instanceof AbortedError) return;
@@ -170,6 +184,68 @@ export class SyncEngine {
     } finally {
       this.leases.stop();
       this.setState('stopped');
+    }
+  }
+
+  /** Streams, falling back to a full resync whenever the watch meets compaction. */
+  private async streamUntilStopped(prune: boolean): Promise<void> {
+    for (;;) {
+      this.setState('streaming');
+      try {
+        await this.stream();
+        return;
+      } catch (err) {
+        if (!(err instanceof CompactedError)) throw err;
+        this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'resync: watch revision compacted');
+        this.setState('resyncing');
+        const revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
+        await this.fullSync(revision, prune);
+        this.log.info({ revision: revision.toString() }, 'resync done');
+      }
+    }
+  }
+
+  /** Self-healing and the periodic check, until the engine stops. Failures are logged, never fatal. */
+  private async startBackground(signal: AbortSignal): Promise<void> {
+    const tasks: Promise<void>[] = [];
+    const healDelayMs = this.options.healDelayMs ?? DEFAULT_HEAL_DELAY_MS;
+    if (healDelayMs >= 0) {
+      const healer = new SelfHealer(this.primary, this.standby, this.scope, this.writer, this.log, { delayMs: healDelayMs });
+      this.healer = healer;
+      const heal = async (): Promise<void> => {
+        const from = (await withRetry('read standby revision', () => readHeader(this.standby), { log: this.log, signal })).revision + 1n;
+        await healer.run(from, signal);
+      };
+      tasks.push(
+        heal().catch((err: unknown) => {
+          if (!(err instanceof AbortedError)) this.log.error({ err: describeError(err) }, 'self-heal stopped');
+        }),
+      );
+    }
+    const interval = this.options.checkIntervalMs ?? DEFAULT_CHECK_INTERVAL_MS;
+    if (interval > 0) tasks.push(this.periodicChecks(interval, signal));
+    await Promise.all(tasks);
+  }
+
+  private async periodicChecks(intervalMs: number, signal: AbortSignal): Promise<void> {
+    const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: this.log, signal });
+    while (await delay(intervalMs, signal)) {
+      try {
+        const options = { scope: this.scope, checkpointKey: this.checkpointKey, pageSize: this.pageSize, retry, signal };
+        let report = await audit(this.primary, this.standby, options);
+        const counts = { missing: report.findings.missing.length, surplus: report.findings.surplus.length, different: report.findings.different.length };
+        this.log.info({ consistent: report.consistent, mode: report.mode, inScope: report.inScope, ...counts }, 'periodic check');
+        const plan = repairPlan(report, this.options.prune ?? false);
+        if (plan.put.length + plan.delete.length > 0) {
+          const repaired = await repair(this.primary, this.standby, this.writer, plan, retry, { maxOps: this.maxTxnOps, maxBytes: this.maxTxnBytes });
+          this.log.info(repaired, 'periodic check repaired');
+          report = { ...report, repaired };
+        }
+        this.lastCheck = report;
+      } catch (err) {
+        if (err instanceof AbortedError || signal.aborted) return;
+        this.log.warn({ err: describeError(err) }, 'periodic check failed');
+      }
     }
   }
 
@@ -208,25 +284,7 @@ export class SyncEngine {
 
   /** Writes data ops and the checkpoint in one txn, retrying while the standby is unreachable. */
   async applyOps(ops: WriteOp[], checkpoint: bigint): Promise<void> {
-    const mapped: WriteOp[] = [];
-    for (const op of ops) {
-      if (op.type === 'put' && op.lease && op.lease !== '0') {
-        const primaryLease = op.lease;
-        const lease = await this.retry('map lease', () => this.leases.standbyLeaseFor(primaryLease));
-        mapped.push({ ...op, lease });
-      } else {
-        mapped.push(op);
-      }
-    }
-    try {
-      await this.retry('write to standby', () => txn(this.standby, [...mapped, this.checkpointOp(checkpoint)]));
-    } catch (err) {
-      // A value close to etcd's request limit fits the primary's put but not with our checkpoint
-      // beside it: write it alone, then the checkpoint. A crash in between replays it (puts are idempotent).
-      if (mapped.length !== 1 || !/request is too large/.test(String((err as Error).message))) throw err;
-      await this.retry('write to standby', () => txn(this.standby, mapped));
-      await this.retry('write checkpoint', () => txn(this.standby, [this.checkpointOp(checkpoint)]));
-    }
+    await this.writer.write(ops, [this.checkpointOp(checkpoint)]);
     if (checkpoint > this.checkpointedRevision) this.checkpointedRevision = checkpoint;
   }
 

@@ -12,6 +12,11 @@ import { scanPages, txn } from '../etcd/kv.js';
 import { leaseGrant, leaseKeepAliveOnce, leaseRevoke, leaseTimeToLive } from '../etcd/lease.js';
 import { prefixEnd } from '../scope.js';
 
+/** Where the lease mappings live: beside the checkpoint, outside the synced prefix. */
+export function leaseKeyPrefix(checkpointKey: Buffer): Buffer {
+  return Buffer.concat([checkpointKey, Buffer.from('/leases/')]);
+}
+
 interface Mapping {
   standbyId: string;
   grantedTtl: number;

@@ -8,6 +8,8 @@ export interface RetryOptions {
   initialDelayMs?: number;
   /** Cap of the delay. Default 10 s. */
   maxDelayMs?: number;
+  /** Give up after this many attempts (one-shot commands). Default: never give up. */
+  maxAttempts?: number;
 }
 
 export class AbortedError extends Error {
@@ -50,7 +52,7 @@ export async function withRetry<T>(what: string, fn: () => Promise<T>, options: 
     try {
       return await fn();
     } catch (err) {
-      if (!isRetryable(err)) throw err;
+      if (!isRetryable(err) || attempt >= (options.maxAttempts ?? Infinity)) throw err;
       options.log.warn({ attempt, retryInMs: delayMs, err: describeError(err) }, `${what} failed, retrying`);
       if (!(await delay(delayMs, options.signal))) throw new AbortedError();
       delayMs = Math.min(maxDelayMs, delayMs * 2);

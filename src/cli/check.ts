@@ -1,0 +1,86 @@
+/** `etcd-sync check`: audit, optional repair, report, exit code 0 consistent / 1 inconsistent / 2 could not check. */
+import type { Logger } from 'pino';
+import { ConfigError, EtcdSyncError, describeError } from '../errors.js';
+import { EtcdSide } from '../etcd/connection.js';
+import { readHeader } from '../etcd/kv.js';
+import { type CheckReport, formatText, keyText, toJson } from '../diff/report.js';
+import { Scope } from '../scope.js';
+import { audit, repair, repairPlan } from '../sync/audit.js';
+import { LeaseMapper, leaseKeyPrefix } from '../sync/leases.js';
+import { withRetry } from '../sync/retry.js';
+import { StandbyWriter } from '../sync/writer.js';
+import type { CheckConfig } from './config.js';
+
+export interface CheckIo {
+  log: Logger;
+  out(text: string): void;
+  /** Asks the operator to confirm deleting these keys; absent when nobody can be asked (no terminal). */
+  confirm?: (keys: string[]) => Promise<boolean>;
+}
+
+/** A one-shot command gives up on an unreachable etcd after a few tries. */
+const CHECK_ATTEMPTS = 4;
+
+export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number> {
+  if (config.prune && !config.yes && !config.dryRun && !io.confirm) {
+    throw new ConfigError('--prune deletes keys: add --yes, or run from a terminal to confirm them');
+  }
+  const primary = new EtcdSide(config.primary);
+  const standby = new EtcdSide(config.standby);
+  const controller = new AbortController();
+  const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> =>
+    withRetry(what, fn, { log: io.log, signal: controller.signal, maxAttempts: CHECK_ATTEMPTS, maxDelayMs: 2_000 });
+  const scope = new Scope(config.scope);
+  const leases = new LeaseMapper(primary, standby, leaseKeyPrefix(config.checkpointKey), io.log);
+  try {
+    const [p, s] = await Promise.all([retry('connect to primary', () => readHeader(primary)), retry('connect to standby', () => readHeader(standby))]);
+    if (p.clusterId === s.clusterId) throw new ConfigError('primary and standby are the same etcd cluster: nothing to compare');
+    const auditOptions = { scope, checkpointKey: config.checkpointKey, pageSize: config.pageSize, settleMs: config.settleMs, retry, signal: controller.signal };
+    let report = await audit(primary, standby, auditOptions);
+    if (config.repair && !report.consistent) {
+      const plan = repairPlan(report, config.prune);
+      if (config.dryRun) {
+        print(report, config, io, { put: plan.put.map(keyText), delete: plan.delete.map(keyText) });
+        return report.consistent ? 0 : 1;
+      }
+      if (plan.delete.length > 0 && !config.yes) {
+        const confirmed = (await io.confirm?.(plan.delete.map(keyText))) ?? false;
+        if (!confirmed) {
+          io.log.warn({ surplus: plan.delete.length }, 'not deleting surplus keys: not confirmed');
+          plan.delete = [];
+        }
+      }
+      await retry('load lease mappings', () => leases.load());
+      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal);
+      const repaired = await repair(primary, standby, writer, plan, retry, { maxOps: config.maxTxnOps, maxBytes: config.maxTxnBytes });
+      io.log.info(repaired, 'repaired');
+      report = { ...(await audit(primary, standby, auditOptions)), repaired };
+    }
+    print(report, config, io);
+    return report.consistent ? 0 : 1;
+  } catch (err) {
+    if (err instanceof EtcdSyncError) {
+      // Whatever stopped the audit, the answer is "could not check".
+      throw err.exitCode === 2 ? err : new ConfigError(`could not check: ${describeError(err)}`);
+    }
+    throw err;
+  } finally {
+    controller.abort();
+    leases.stop();
+    primary.close();
+    standby.close();
+  }
+}
+
+function print(report: CheckReport, config: CheckConfig, io: CheckIo, plan?: { put: string[]; delete: string[] }): void {
+  if (config.output === 'json') {
+    io.out(`${JSON.stringify({ ...toJson(report), ...(plan ? { plan } : {}) })}\n`);
+    return;
+  }
+  io.out(formatText(report, config.scope.keyPrefix, config.limit));
+  if (plan) {
+    io.out(`\ndry run: would put ${plan.put.length} keys and delete ${plan.delete.length}; nothing written\n`);
+    for (const key of plan.put) io.out(`  put    ${key}\n`);
+    for (const key of plan.delete) io.out(`  delete ${key}\n`);
+  }
+}

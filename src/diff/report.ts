@@ -1,0 +1,109 @@
+/** Pure: what `etcd-sync check` found, and how it is shown (text or JSON). */
+import { parseKubernetesKey } from '../scope.js';
+
+export type FindingKind = 'missing' | 'surplus' | 'different';
+export const FINDING_KINDS: readonly FindingKind[] = ['missing', 'surplus', 'different'];
+
+export interface CheckReport {
+  consistent: boolean;
+  primaryRevision: bigint;
+  standbyRevision: bigint;
+  /** `checkpoint`: primary at the standby's checkpoint vs the standby as of that checkpoint (exact). `settled`: latest vs latest, findings re-checked after a settle delay. */
+  mode: 'checkpoint' | 'settled';
+  /** In-scope keys in the primary at the compared revision. */
+  inScope: number;
+  findings: Record<FindingKind, Buffer[]>;
+  repaired?: { put: number; deleted: number };
+  /** When the comparison finished (ms since epoch). */
+  checkedAt: number;
+}
+
+export function isConsistent(findings: Record<FindingKind, Buffer[]>): boolean {
+  return FINDING_KINDS.every((kind) => findings[kind].length === 0);
+}
+
+/** A key as JSON/text shows it: UTF-8 when it is valid UTF-8, else `base64:<...>`. */
+export function keyText(key: Buffer): string {
+  const text = key.toString('utf8');
+  return Buffer.from(text, 'utf8').equals(key) ? text : `base64:${key.toString('base64')}`;
+}
+
+/** `pods/apps`, `clusterroles (cluster)`, or `(other)` for keys that are not object keys. */
+export function groupOf(key: Buffer, keyPrefix: Buffer): string {
+  const parsed = parseKubernetesKey(key.toString('latin1', keyPrefix.length));
+  if (!parsed) return '(other)';
+  return parsed.namespace === undefined ? `${parsed.resource} (cluster)` : `${parsed.resource}/${parsed.namespace}`;
+}
+
+export interface CheckJson {
+  consistent: boolean;
+  primaryRevision: number;
+  standbyRevision: number;
+  counts: { inScope: number; missing: number; surplus: number; different: number };
+  missing: string[];
+  surplus: string[];
+  different: string[];
+  repaired?: { put: number; deleted: number };
+}
+
+export function toJson(report: CheckReport): CheckJson {
+  return {
+    consistent: report.consistent,
+    primaryRevision: Number(report.primaryRevision),
+    standbyRevision: Number(report.standbyRevision),
+    counts: {
+      inScope: report.inScope,
+      missing: report.findings.missing.length,
+      surplus: report.findings.surplus.length,
+      different: report.findings.different.length,
+    },
+    missing: report.findings.missing.map(keyText),
+    surplus: report.findings.surplus.map(keyText),
+    different: report.findings.different.map(keyText),
+    ...(report.repaired ? { repaired: report.repaired } : {}),
+  };
+}
+
+/** Counts per kind and per resource/namespace, then the keys (at most `limit`), then what was left out. */
+export function formatText(report: CheckReport, keyPrefix: Buffer, limit: number): string {
+  const lines: string[] = [];
+  const f = report.findings;
+  const how = report.mode === 'checkpoint' ? "at the standby's checkpoint" : 'latest against latest, re-checked after settling';
+  lines.push(
+    `etcd-sync check: ${report.consistent ? 'CONSISTENT' : 'INCONSISTENT'} (primary revision ${report.primaryRevision}, standby revision ${report.standbyRevision}, compared ${how})`,
+  );
+  lines.push(`in scope: ${report.inScope} keys in the primary`);
+  lines.push(`missing: ${f.missing.length}  surplus: ${f.surplus.length}  different: ${f.different.length}`);
+  if (report.repaired) lines.push(`repaired: ${report.repaired.put} put, ${report.repaired.deleted} deleted`);
+  const groups = new Map<string, Record<FindingKind, number>>();
+  for (const kind of FINDING_KINDS) {
+    for (const key of f[kind]) {
+      const group = groupOf(key, keyPrefix);
+      const counts = groups.get(group) ?? { missing: 0, surplus: 0, different: 0 };
+      counts[kind]++;
+      groups.set(group, counts);
+    }
+  }
+  if (groups.size > 0) {
+    lines.push('', 'by resource/namespace:');
+    const width = Math.max(...[...groups.keys()].map((g) => g.length));
+    for (const [group, counts] of [...groups.entries()].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const parts = FINDING_KINDS.filter((k) => counts[k] > 0).map((k) => `${k} ${counts[k]}`);
+      lines.push(`  ${group.padEnd(width)}  ${parts.join('  ')}`);
+    }
+  }
+  let listed = 0;
+  let total = 0;
+  for (const kind of FINDING_KINDS) {
+    total += f[kind].length;
+    if (f[kind].length === 0) continue;
+    lines.push('', `${kind} (${f[kind].length}):`);
+    for (const key of f[kind]) {
+      if (listed >= limit) break;
+      lines.push(`  ${keyText(key)}`);
+      listed++;
+    }
+  }
+  lines.push('', `listed ${listed} of ${total} keys, ${total - listed} left out (--limit ${limit})`);
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,180 @@
+/**
+ * The consistency audit behind `etcd-sync check`, the periodic check of `run`, and repair.
+ * Comparison and reporting are pure (src/diff); this module pins revisions and reads.
+ */
+import { CompactedError } from '../errors.js';
+import type { EtcdSide } from '../etcd/connection.js';
+import { DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, getMany, rangePage, readHeader, scanPages } from '../etcd/kv.js';
+import { filterPages, mergeJoin } from '../diff/merge-join.js';
+import { type CheckReport, FINDING_KINDS, type FindingKind, isConsistent } from '../diff/report.js';
+import type { Scope } from '../scope.js';
+import { OpChunker, DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS } from './batch.js';
+import { delay } from './retry.js';
+import type { StandbyWriter } from './writer.js';
+
+export const DEFAULT_SETTLE_MS = 2_000;
+
+export interface AuditOptions {
+  scope: Scope;
+  checkpointKey: Buffer;
+  pageSize?: number;
+  /** Latest-vs-latest mode waits this long, then re-checks each finding. Default 2 s. */
+  settleMs?: number;
+  retry: <T>(what: string, fn: () => Promise<T>) => Promise<T>;
+  signal?: AbortSignal;
+}
+
+type Findings = Record<FindingKind, Buffer[]>;
+
+function emptyFindings(): Findings {
+  return { missing: [], surplus: [], different: [] };
+}
+
+async function compareAt(
+  primary: EtcdSide,
+  standby: EtcdSide,
+  primaryRevision: bigint,
+  standbyRevision: bigint,
+  options: AuditOptions,
+): Promise<{ findings: Findings; inScope: number }> {
+  const range = { key: options.scope.keyPrefix, rangeEnd: options.scope.rangeEnd, pageSize: options.pageSize ?? DEFAULT_PAGE_SIZE };
+  const inScope = (kv: KeyValue): boolean => options.scope.inScope(kv.key);
+  const primaryPages = filterPages(scanPages(primary, { ...range, revision: primaryRevision }, options.retry), inScope);
+  const standbyPages = filterPages(scanPages(standby, { ...range, revision: standbyRevision }, options.retry), inScope);
+  const findings = emptyFindings();
+  let count = 0;
+  for await (const finding of mergeJoin(primaryPages, standbyPages, (p, s) => p.value.equals(s.value))) {
+    if (finding.kind !== 'surplus') count++;
+    if (finding.kind === 'missing') findings.missing.push(finding.primary.key);
+    else if (finding.kind === 'different') findings.different.push(finding.primary.key);
+    else if (finding.kind === 'surplus') findings.surplus.push(finding.standby.key);
+  }
+  return { findings, inScope: count };
+}
+
+/** Re-reads every finding on both sides now, keeping only what still differs (with its kind now). */
+async function recheck(primary: EtcdSide, standby: EtcdSide, findings: Findings, options: AuditOptions): Promise<Findings> {
+  const keys = FINDING_KINDS.flatMap((kind) => findings[kind]);
+  const [p, s] = await Promise.all([
+    options.retry('re-read primary', () => getMany(primary, keys)),
+    options.retry('re-read standby', () => getMany(standby, keys)),
+  ]);
+  const out = emptyFindings();
+  for (const key of keys) {
+    const id = key.toString('latin1');
+    const pk = p.get(id);
+    const sk = s.get(id);
+    if (pk && !sk) out.missing.push(key);
+    else if (!pk && sk) out.surplus.push(key);
+    else if (pk && sk && !pk.value.equals(sk.value)) out.different.push(key);
+  }
+  for (const kind of FINDING_KINDS) out[kind].sort(Buffer.compare);
+  return out;
+}
+
+/** The standby's checkpoint and the standby revision at which it was read. */
+async function readCheckpointWithRevision(standby: EtcdSide, checkpointKey: Buffer): Promise<{ revision: bigint; clusterId: string; standbyRevision: bigint } | undefined> {
+  const page = await rangePage(standby, { key: checkpointKey, rangeEnd: Buffer.concat([checkpointKey, Buffer.from([0])]), limit: 1 });
+  const kv = page.kvs[0];
+  if (!kv) return undefined;
+  try {
+    const parsed = JSON.parse(kv.value.toString()) as { revision: string; primaryClusterId: string };
+    return { revision: BigInt(parsed.revision), clusterId: String(parsed.primaryClusterId), standbyRevision: page.header.revision };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Compares the in-scope keys of both sides. Exact when the standby's checkpoint C is still in
+ * the primary's history: every txn of etcd-sync carries the checkpoint, so the standby at the
+ * revision where the checkpoint read C holds exactly the primary's writes up to C. Otherwise
+ * latest against latest, and every finding is re-checked after a settle delay so that writes
+ * that were only in flight drop out.
+ */
+export async function audit(primary: EtcdSide, standby: EtcdSide, options: AuditOptions): Promise<CheckReport> {
+  const [checkpoint, primaryHeader] = await Promise.all([
+    options.retry('read checkpoint', () => readCheckpointWithRevision(standby, options.checkpointKey)),
+    options.retry('read primary revision', () => readHeader(primary)),
+  ]);
+  if (checkpoint && checkpoint.clusterId === primaryHeader.clusterId && checkpoint.revision <= primaryHeader.revision) {
+    try {
+      const { findings, inScope } = await compareAt(primary, standby, checkpoint.revision, checkpoint.standbyRevision, options);
+      return {
+        consistent: isConsistent(findings),
+        primaryRevision: checkpoint.revision,
+        standbyRevision: checkpoint.standbyRevision,
+        mode: 'checkpoint',
+        inScope,
+        findings,
+        checkedAt: Date.now(),
+      };
+    } catch (err) {
+      if (!(err instanceof CompactedError)) throw err;
+    }
+  }
+  const standbyHeader = await options.retry('read standby revision', () => readHeader(standby));
+  const first = await compareAt(primary, standby, primaryHeader.revision, standbyHeader.revision, options);
+  let findings = first.findings;
+  if (!isConsistent(findings)) {
+    await delay(options.settleMs ?? DEFAULT_SETTLE_MS, options.signal);
+    findings = await recheck(primary, standby, findings, options);
+  }
+  return {
+    consistent: isConsistent(findings),
+    primaryRevision: primaryHeader.revision,
+    standbyRevision: standbyHeader.revision,
+    mode: 'settled',
+    inScope: first.inScope,
+    findings,
+    checkedAt: Date.now(),
+  };
+}
+
+export interface RepairPlan {
+  put: Buffer[];
+  delete: Buffer[];
+}
+
+export function repairPlan(report: CheckReport, prune: boolean): RepairPlan {
+  return { put: [...report.findings.missing, ...report.findings.different], delete: prune ? [...report.findings.surplus] : [] };
+}
+
+/**
+ * Puts the primary's current version of each key to put, and deletes each key to delete that
+ * is still absent on the primary, only if the standby's copy is unchanged since it was read.
+ */
+export async function repair(
+  primary: EtcdSide,
+  standby: EtcdSide,
+  writer: StandbyWriter,
+  plan: RepairPlan,
+  retry: AuditOptions['retry'],
+  limits = { maxOps: DEFAULT_MAX_TXN_OPS, maxBytes: DEFAULT_MAX_TXN_BYTES },
+): Promise<{ put: number; deleted: number }> {
+  let put = 0;
+  let deleted = 0;
+  const current = await retry('read primary', () => getMany(primary, plan.put));
+  const chunker = new OpChunker(limits);
+  const writeChunk = async (chunk: WriteOp[] | undefined): Promise<void> => {
+    if (!chunk) return;
+    await writer.write(chunk);
+    put += chunk.length;
+  };
+  for (const key of plan.put) {
+    const kv = current.get(key.toString('latin1'));
+    if (kv) await writeChunk(chunker.add({ type: 'put', key: kv.key, value: kv.value, lease: kv.lease }));
+  }
+  await writeChunk(chunker.flush());
+  if (plan.delete.length > 0) {
+    const [onPrimary, onStandby] = await Promise.all([retry('read primary', () => getMany(primary, plan.delete)), retry('read standby', () => getMany(standby, plan.delete))]);
+    for (const key of plan.delete) {
+      const id = key.toString('latin1');
+      const copy = onStandby.get(id);
+      if (onPrimary.has(id) || !copy) continue;
+      const held = await writer.write([{ type: 'delete', key }], [], [{ key, target: 'Mod', result: 'Equal', version: copy.modRevision }]);
+      if (held) deleted++;
+    }
+  }
+  return { put, deleted };
+}

@@ -1,0 +1,133 @@
+/**
+ * Self-healing: watches the standby's in-scope keys. When a synced key is deleted or changed
+ * there by anyone but etcd-sync (the standby's garbage collector, a stray kubectl), the
+ * primary's current version is put back after a delay that doubles per key while the key
+ * keeps being changed, so a fight with a standby controller cannot spin.
+ */
+import type { Logger } from 'pino';
+import { CompactedError, describeError } from '../errors.js';
+import type { EtcdSide } from '../etcd/connection.js';
+import { getMany, readHeader } from '../etcd/kv.js';
+import { WatchStream } from '../etcd/watch.js';
+import type { Scope } from '../scope.js';
+import { AbortedError, delay, withRetry } from './retry.js';
+import type { StandbyWriter } from './writer.js';
+
+export interface HealOptions {
+  /** First wait before restoring a key. Default 1 s (--heal-delay). */
+  delayMs: number;
+  /** Longest wait between two restores of one key. Default 5 min. */
+  maxDelayMs?: number;
+  /** A key not restored for this long starts again from delayMs. Default 10 min. */
+  forgetAfterMs?: number;
+}
+
+interface KeyState {
+  key: Buffer;
+  /** Restores so far in the current streak. */
+  streak: number;
+  lastHealAt: number;
+  /** Standby revisions of the changes that are waiting to be looked at. */
+  pendingRevisions: bigint[];
+  timer?: NodeJS.Timeout;
+}
+
+export class SelfHealer {
+  /** Keys put back so far. */
+  heals = 0;
+  private readonly keys = new Map<string, KeyState>();
+  private readonly maxDelayMs: number;
+  private readonly forgetAfterMs: number;
+
+  constructor(
+    private readonly primary: EtcdSide,
+    private readonly standby: EtcdSide,
+    private readonly scope: Scope,
+    private readonly writer: StandbyWriter,
+    private readonly log: Logger,
+    private readonly options: HealOptions,
+    private readonly onHeal?: (key: Buffer) => void,
+  ) {
+    this.maxDelayMs = options.maxDelayMs ?? 5 * 60_000;
+    this.forgetAfterMs = options.forgetAfterMs ?? 10 * 60_000;
+  }
+
+  /** Watches the standby from `fromRevision` until the signal aborts. */
+  async run(fromRevision: bigint, signal: AbortSignal): Promise<void> {
+    let next = fromRevision;
+    const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: this.log, signal });
+    try {
+      while (!signal.aborted) {
+        const watch = await retry('watch standby', () => WatchStream.open(this.standby, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: next }));
+        const onAbort = (): void => watch.close();
+        signal.addEventListener('abort', onAbort, { once: true });
+        try {
+          for await (const message of watch.messages()) {
+            if (message.kind !== 'events') continue;
+            for (const event of message.events) {
+              next = event.modRevision + 1n;
+              if (!this.writer.isOwn(event.modRevision) && this.scope.inScope(event.key)) this.changed(event.key, event.modRevision);
+            }
+          }
+        } catch (err) {
+          if (err instanceof CompactedError) {
+            // Changes in the gap are left to the periodic check.
+            next = (await retry('read standby revision', () => readHeader(this.standby))).revision + 1n;
+            this.log.warn('self-heal: standby watch compacted, resuming from the current revision');
+          } else if ((err as { retryable?: boolean }).retryable) {
+            this.log.warn({ err: describeError(err) }, 'self-heal: standby watch broke, resuming');
+            await delay(500, signal);
+          } else {
+            throw err;
+          }
+        } finally {
+          signal.removeEventListener('abort', onAbort);
+          watch.close();
+        }
+      }
+    } catch (err) {
+      if (!(err instanceof AbortedError)) throw err;
+    } finally {
+      for (const state of this.keys.values()) clearTimeout(state.timer);
+    }
+  }
+
+  private changed(key: Buffer, revision: bigint): void {
+    const id = key.toString('latin1');
+    let state = this.keys.get(id);
+    if (!state) {
+      state = { key, streak: 0, lastHealAt: 0, pendingRevisions: [] };
+      this.keys.set(id, state);
+    }
+    state.pendingRevisions.push(revision);
+    if (state.timer) return;
+    if (Date.now() - state.lastHealAt > this.forgetAfterMs) state.streak = 0;
+    const wait = Math.min(this.maxDelayMs, this.options.delayMs * 2 ** state.streak);
+    const current = state;
+    state.timer = setTimeout(() => void this.heal(id, current), wait);
+    state.timer.unref();
+  }
+
+  private async heal(id: string, state: KeyState): Promise<void> {
+    state.timer = undefined;
+    // An event can arrive before etcd-sync's own txn has returned: look again now.
+    const foreign = state.pendingRevisions.filter((rev) => !this.writer.isOwn(rev));
+    state.pendingRevisions = [];
+    if (foreign.length === 0) return;
+    try {
+      const [p, s] = await Promise.all([getMany(this.primary, [state.key]), getMany(this.standby, [state.key])]);
+      const wanted = p.get(id);
+      const copy = s.get(id);
+      // Not a synced key (only the standby has it), or already equal again: nothing to restore.
+      if (!wanted || (copy && copy.value.equals(wanted.value))) return;
+      await this.writer.write([{ type: 'put', key: wanted.key, value: wanted.value, lease: wanted.lease }]);
+      this.heals++;
+      state.streak++;
+      state.lastHealAt = Date.now();
+      this.onHeal?.(state.key);
+      this.log.info({ key: state.key.toString(), was: copy ? 'changed' : 'deleted', streak: state.streak }, 'self-heal: restored key from the primary');
+    } catch (err) {
+      this.log.warn({ key: state.key.toString(), err: describeError(err) }, 'self-heal failed, will retry on the next change');
+    }
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * The one way etcd-sync writes into the standby: leases mapped, txns retried while the standby
+ * is unreachable, and each txn's standby revision remembered so that the self-healer can tell
+ * etcd-sync's own writes from everybody else's.
+ */
+import type { Logger } from 'pino';
+import type { EtcdSide } from '../etcd/connection.js';
+import { type Compare, type WriteOp, txn } from '../etcd/kv.js';
+import type { LeaseMapper } from './leases.js';
+import { withRetry } from './retry.js';
+
+/** How many of its own recent standby revisions the writer remembers. */
+const OWN_REVISIONS_KEPT = 100_000;
+
+export class StandbyWriter {
+  private readonly ownRevisions = new Set<bigint>();
+
+  constructor(
+    private readonly standby: EtcdSide,
+    private readonly leases: LeaseMapper,
+    private readonly log: Logger,
+    private readonly signal: () => AbortSignal,
+  ) {}
+
+  private retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    return withRetry(what, fn, { log: this.log, signal: this.signal() });
+  }
+
+  /** Replaces primary lease IDs by the standby leases that mirror them. */
+  async mapLeases(ops: WriteOp[]): Promise<WriteOp[]> {
+    const mapped: WriteOp[] = [];
+    for (const op of ops) {
+      if (op.type === 'put' && op.lease && op.lease !== '0') {
+        const primaryLease = op.lease;
+        const lease = await this.retry('map lease', () => this.leases.standbyLeaseFor(primaryLease));
+        mapped.push({ ...op, lease });
+      } else {
+        mapped.push(op);
+      }
+    }
+    return mapped;
+  }
+
+  /**
+   * Writes `ops` (primary lease IDs) and `bookkeeping` (etcd-sync's own keys, e.g. the
+   * checkpoint) in one txn. Returns whether `compares` held.
+   */
+  async write(ops: WriteOp[], bookkeeping: WriteOp[] = [], compares: Compare[] = []): Promise<boolean> {
+    const mapped = await this.mapLeases(ops);
+    try {
+      return await this.txn([...mapped, ...bookkeeping], compares);
+    } catch (err) {
+      // A value close to etcd's request limit fits the primary's put but not with bookkeeping
+      // beside it: write it alone, then the bookkeeping. A crash in between replays it (puts are idempotent).
+      if (mapped.length !== 1 || bookkeeping.length === 0 || !/request is too large/.test(String((err as Error).message))) throw err;
+      const held = await this.txn(mapped, compares);
+      await this.txn(bookkeeping, compares);
+      return held;
+    }
+  }
+
+  private async txn(ops: WriteOp[], compares: Compare[]): Promise<boolean> {
+    const result = await this.retry('write to standby', () => txn(this.standby, ops, compares));
+    if (result.succeeded) this.remember(result.header.revision);
+    return result.succeeded;
+  }
+
+  private remember(revision: bigint): void {
+    this.ownRevisions.add(revision);
+    if (this.ownRevisions.size > OWN_REVISIONS_KEPT) {
+      const oldest = this.ownRevisions.values().next().value;
+      if (oldest !== undefined) this.ownRevisions.delete(oldest);
+    }
+  }
+
+  /** Whether a standby revision is one of etcd-sync's own recent writes. */
+  isOwn(revision: bigint): boolean {
+    return this.ownRevisions.has(revision);
+  }
+}
