@@ -96,7 +96,8 @@ export function formatText(report: CheckReport, keyPrefix: Buffer, limit: number
   let total = 0;
   for (const kind of FINDING_KINDS) {
     total += f[kind].length;
-    if (f[kind].length === 0) continue;
+    // A section only when it lists keys; the counts above and the last line cover the rest.
+    if (f[kind].length === 0 || listed >= limit) continue;
     lines.push('', `${kind} (${f[kind].length}):`);
     for (const key of f[kind]) {
       if (listed >= limit) break;

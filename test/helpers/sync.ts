@@ -90,7 +90,9 @@ export const CLI = path.resolve('dist/bin/etcd-sync.js');
 
 export interface CliProcess {
   child: ChildProcess;
+  /** stdout and stderr interleaved. */
   output(): string;
+  stdout(): string;
   waitForLog(text: string, timeoutMs?: number): Promise<void>;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
@@ -101,7 +103,11 @@ export function runCli(args: string[], env: Record<string, string> = {}): CliPro
     env: { PATH: process.env.PATH ?? '', ...env },
   });
   let out = '';
-  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  let stdout = '';
+  child.stdout?.on('data', (d: Buffer) => {
+    out += d.toString();
+    stdout += d.toString();
+  });
   child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
@@ -109,6 +115,7 @@ export function runCli(args: string[], env: Record<string, string> = {}): CliPro
   return {
     child,
     output: () => out,
+    stdout: () => stdout,
     waitForLog: (text, timeoutMs = 60_000) =>
       waitFor(() => out.includes(text), { timeoutMs, message: `no '${text}' in output:\n${out.slice(-2000)}` }),
     exited,

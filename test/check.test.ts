@@ -1,0 +1,135 @@
+/** `etcd-sync check` through the real CLI: findings, output forms, exit codes, repair, prune, dry run. */
+import type { Etcd3 } from 'etcd3';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { type EtcdServer, usePair } from './helpers/etcd.js';
+import { putMany, runCli, snapshot, startEngine } from './helpers/sync.js';
+import { waitFor } from './helpers/wait.js';
+
+async function check(args: string[]): Promise<{ code: number | null; stdout: string; output: string }> {
+  const cli = runCli(['check', ...args]);
+  const { code } = await cli.exited;
+  return { code, stdout: cli.stdout(), output: cli.output() };
+}
+
+const binaryKey = Buffer.concat([Buffer.from('/registry/example.com/blobs/apps/'), Buffer.from([0xff, 0xfe])]);
+
+describe('etcd-sync check', () => {
+  let primary: EtcdServer;
+  let standby: EtcdServer;
+  let p: Etcd3;
+  let s: Etcd3;
+  const pair = usePair();
+  beforeAll(async () => {
+    ({ primary, standby, p, s } = pair);
+    await putMany(p, [
+      ['/registry/pods/apps/a', 'a'],
+      ['/registry/pods/apps/b', 'b'],
+      ['/registry/configmaps/default/c', 'c'],
+      ['/registry/pods/kube-system/sys', 'primary-only system pod'],
+      [binaryKey, 'binary'],
+    ]);
+    // Sync once and stop: the standby now holds a checkpoint, and check compares at it.
+    const engine = startEngine(primary, standby);
+    await waitFor(() => engine.engine.state === 'streaming', { timeoutMs: 30_000 });
+    await engine.stop();
+  });
+  const both = (): string[] => [...primary.cliArgs('primary'), ...standby.cliArgs('standby')];
+
+  it('consistent after a sync: exit 0, text says so', async () => {
+    const r = await check(both());
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('etcd-sync check: CONSISTENT');
+    expect(r.stdout).toContain("compared at the standby's checkpoint");
+    expect(r.stdout).toContain('in scope: 4 keys in the primary');
+    expect(r.stdout).toContain('listed 0 of 0 keys, 0 left out (--limit 100)');
+  });
+
+  it('reports missing, surplus and different keys, never excluded or out-of-prefix ones: JSON, text, --limit, base64 keys', async () => {
+    await s.delete().key('/registry/pods/apps/a').exec(); // missing
+    await s.delete().key(binaryKey).exec(); // missing, not UTF-8
+    await s.put('/registry/pods/apps/b').value('changed on the standby').exec(); // different
+    await s.put('/registry/secrets/apps/only-here').value('x').exec(); // surplus
+    await s.put('/registry/pods/kube-system/standby-own').value('own').exec(); // excluded namespace
+    await s.put('/registry/masterleases/10.9.9.9').value('own').exec(); // excluded prefix
+    await s.put('compact_rev_key').value('own').exec(); // outside the prefix
+
+    const json = await check([...both(), '--output', 'json']);
+    expect(json.code).toBe(1);
+    const report = JSON.parse(json.stdout);
+    expect(report).toEqual({
+      consistent: false,
+      primaryRevision: expect.any(Number),
+      standbyRevision: expect.any(Number),
+      counts: { inScope: 4, missing: 2, surplus: 1, different: 1 },
+      missing: [`base64:${binaryKey.toString('base64')}`, '/registry/pods/apps/a'],
+      surplus: ['/registry/secrets/apps/only-here'],
+      different: ['/registry/pods/apps/b'],
+    });
+    const cp = JSON.parse((await snapshot(s, Buffer.from('/etcd-sync/checkpoint'))).get('/etcd-sync/checkpoint')!.value.toString());
+    expect(report.primaryRevision).toBe(Number(cp.revision));
+
+    const text = await check([...both(), '--limit', '2']);
+    expect(text.code).toBe(1);
+    expect(text.stdout).toContain('etcd-sync check: INCONSISTENT');
+    expect(text.stdout).toContain('missing: 2  surplus: 1  different: 1');
+    expect(text.stdout).toMatch(/pods\/apps\s+missing 1  different 1/);
+    expect(text.stdout).toMatch(/secrets\/apps\s+surplus 1/);
+    expect(text.stdout).toMatch(/example\.com\/blobs\/apps\s+missing 1/);
+    expect(text.stdout).toContain('listed 2 of 4 keys, 2 left out (--limit 2)');
+    expect(text.stdout).not.toContain('kube-system');
+    expect(text.stdout).not.toContain('masterleases');
+  });
+
+  it('--dry-run prints the plan and writes nothing', async () => {
+    const before = await snapshot(s);
+    const r = await check([...both(), '--repair', '--prune', '--dry-run']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain('dry run: would put 3 keys and delete 1; nothing written');
+    expect(r.stdout).toContain('  put    /registry/pods/apps/a');
+    expect(r.stdout).toContain('  delete /registry/secrets/apps/only-here');
+    expect(await snapshot(s)).toEqual(before);
+  });
+
+  it('--prune without --yes and without a terminal: refused (exit 2), nothing written', async () => {
+    const before = await snapshot(s);
+    const r = await check([...both(), '--prune']);
+    expect(r.code).toBe(2);
+    expect(r.output.trim()).toBe('etcd-sync: --prune deletes keys: add --yes, or run from a terminal to confirm them');
+    expect(await snapshot(s)).toEqual(before);
+  });
+
+  it('--repair puts missing and different keys, keeps surplus: state after repair decides the exit code', async () => {
+    const r = await check([...both(), '--repair', '--output', 'json']);
+    expect(r.code).toBe(1);
+    const report = JSON.parse(r.stdout);
+    expect(report.repaired).toEqual({ put: 3, deleted: 0 });
+    expect(report.counts).toEqual({ inScope: 4, missing: 0, surplus: 1, different: 0 });
+    const after = await snapshot(s);
+    expect(after.get('/registry/pods/apps/a')?.value.toString()).toBe('a');
+    expect(after.get('/registry/pods/apps/b')?.value.toString()).toBe('b');
+    expect(after.get(binaryKey.toString('latin1'))?.value.toString()).toBe('binary');
+    expect(after.get('/registry/pods/kube-system/standby-own')?.value.toString()).toBe('own');
+  });
+
+  it('--prune --yes deletes the surplus keys: consistent, exit 0', async () => {
+    const r = await check([...both(), '--prune', '--yes', '--output', 'json']);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report).toMatchObject({ consistent: true, repaired: { put: 0, deleted: 1 }, surplus: [] });
+    const after = await snapshot(s);
+    expect(after.has('/registry/secrets/apps/only-here')).toBe(false);
+    expect(after.get('/registry/pods/kube-system/standby-own')?.value.toString()).toBe('own');
+    expect(after.get('/registry/masterleases/10.9.9.9')?.value.toString()).toBe('own');
+  });
+
+  it('could not check: unreachable side or bad flags, exit 2 with one line', async () => {
+    const unreachable = await check(['--primary-endpoints', 'http://127.0.0.1:1', ...standby.cliArgs('standby')]);
+    expect(unreachable.code).toBe(2);
+    const lines = unreachable.output.trim().split('\n').filter((l) => !l.startsWith('{'));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^etcd-sync: could not check: primary etcd \(http:\/\/127\.0\.0\.1:1\) .*unreachable/);
+    const bad = await check([...both(), '--output', 'yaml']);
+    expect(bad.code).toBe(2);
+    expect(bad.output).toContain("argument 'yaml' is invalid");
+  });
+});

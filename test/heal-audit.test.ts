@@ -1,0 +1,156 @@
+/** Audits while the primary is written, self-healing behind a running sync, and the periodic check. */
+import type { Etcd3 } from 'etcd3';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { EtcdSide } from '../src/etcd/connection.js';
+import { Scope, defaultScopeRules } from '../src/scope.js';
+import { audit } from '../src/sync/audit.js';
+import { type EtcdServer, usePair } from './helpers/etcd.js';
+import { type RunningEngine, putMany, quietLog, snapshot, startEngine, waitInSync } from './helpers/sync.js';
+import { waitFor } from './helpers/wait.js';
+import { withRetry } from '../src/sync/retry.js';
+
+describe('audits under writes, self-healing, periodic check', () => {
+  let primary: EtcdServer;
+  let standby: EtcdServer;
+  let p: Etcd3;
+  let s: Etcd3;
+  let running: RunningEngine | undefined;
+  const pair = usePair();
+  beforeAll(() => ({ primary, standby, p, s } = pair));
+  afterEach(async () => {
+    await running?.stop();
+    running = undefined;
+  });
+
+  const auditOnce = async (checkpointKey: string, settleMs = 1_000) => {
+    const ps = new EtcdSide(primary.sideConfig('primary'));
+    const ss = new EtcdSide(standby.sideConfig('standby'));
+    try {
+      return await audit(ps, ss, {
+        scope: new Scope(defaultScopeRules()),
+        checkpointKey: Buffer.from(checkpointKey),
+        settleMs,
+        retry: (what, fn) => withRetry(what, fn, { log: quietLog }),
+      });
+    } finally {
+      ps.close();
+      ss.close();
+    }
+  };
+
+  /** Writes a new key (each key once) until stopped. */
+  function startWriter(prefix: string): { stop(): Promise<number> } {
+    let stopping = false;
+    let n = 0;
+    const done = (async () => {
+      while (!stopping) await p.put(`${prefix}/k-${n++}`).value(`v${n}`).exec();
+    })();
+    return {
+      async stop() {
+        stopping = true;
+        await done;
+        return n;
+      },
+    };
+  }
+
+  it("compares at the standby's checkpoint: exact while the primary is being written", async () => {
+    running = startEngine(primary, standby, { healDelayMs: -1 });
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    const writer = startWriter('/registry/configmaps/pinned');
+    try {
+      for (let i = 0; i < 5; i++) {
+        const report = await auditOnce('/etcd-sync/checkpoint');
+        expect(report.mode).toBe('checkpoint');
+        expect(report.findings).toEqual({ missing: [], surplus: [], different: [] });
+        expect(report.consistent).toBe(true);
+      }
+    } finally {
+      expect(await writer.stop()).toBeGreaterThan(10);
+    }
+  });
+
+  it('without a usable checkpoint: latest against latest, in-flight findings dropped after settling', async () => {
+    running = startEngine(primary, standby, { healDelayMs: -1 });
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    const writer = startWriter('/registry/configmaps/settle');
+    let report;
+    try {
+      report = await auditOnce('/no/such/checkpoint', 1_000);
+    } finally {
+      await writer.stop();
+    }
+    expect(report.mode).toBe('settled');
+    expect(report.findings).toEqual({ missing: [], surplus: [], different: [] });
+    // A real finding survives the settle re-check.
+    await waitInSync(p, s);
+    await s.put('/registry/configmaps/settle/k-0').value('tampered').exec();
+    await running.stop();
+    running = undefined;
+    const tampered = await auditOnce('/no/such/checkpoint', 200);
+    expect(tampered.findings.different.map(String)).toEqual(['/registry/configmaps/settle/k-0']);
+  });
+
+  it('keys deleted or changed on the standby behind a running sync come back, and are counted', async () => {
+    await putMany(p, [
+      ['/registry/deployments/apps/owner', 'owner'],
+      ['/registry/replicasets/apps/dependent', 'dependent'],
+    ]);
+    running = startEngine(primary, standby, { healDelayMs: 100 });
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    await waitInSync(p, s);
+    // The standby's garbage collector deletes the dependent; someone edits the owner.
+    await s.delete().key('/registry/replicasets/apps/dependent').exec();
+    await s.put('/registry/deployments/apps/owner').value('edited on the standby').exec();
+    await waitInSync(p, s, undefined, 20_000);
+    const after = await snapshot(s);
+    expect(after.get('/registry/replicasets/apps/dependent')?.value.toString()).toBe('dependent');
+    expect(after.get('/registry/deployments/apps/owner')?.value.toString()).toBe('owner');
+    expect(running.engine.healer?.heals).toBe(2);
+    // A standby-only key is not a synced key: left alone.
+    await s.put('/registry/secrets/apps/standby-only').value('mine').exec();
+    await p.put('/registry/configmaps/apps/marker').value('m').exec();
+    await waitFor(async () => (await snapshot(s)).has('/registry/configmaps/apps/marker'), { timeoutMs: 10_000 });
+    expect((await snapshot(s)).get('/registry/secrets/apps/standby-only')?.value.toString()).toBe('mine');
+    expect(running.engine.healer?.heals).toBe(2);
+    await s.delete().key('/registry/secrets/apps/standby-only').exec();
+  });
+
+  it('a standby controller that keeps deleting a key does not make etcd-sync spin', async () => {
+    await p.put('/registry/pods/apps/contested').value('from the primary').exec();
+    running = startEngine(primary, standby, { healDelayMs: 100 });
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    await waitFor(async () => (await snapshot(s)).has('/registry/pods/apps/contested'), { timeoutMs: 10_000 });
+    // The "controller": deletes the key whenever it is there, for 3 s.
+    const started = Date.now();
+    let deletions = 0;
+    while (Date.now() - started < 3_000) {
+      const res = await s.delete().key('/registry/pods/apps/contested').exec();
+      if (Number(res.deleted) > 0) deletions++;
+      await new Promise((r) => setTimeout(r, 20)); // the controller's own resync pace
+    }
+    const heals = running.engine.healer?.heals ?? 0;
+    // Delays 100, 200, 400, 800, 1600 ms: at most 5 restores in 3 s (a loop without backoff makes dozens).
+    expect(heals).toBeGreaterThanOrEqual(2);
+    expect(heals).toBeLessThanOrEqual(5);
+    // The first deletion plus one per restore (the last restore may land after the window).
+    expect(deletions).toBeGreaterThanOrEqual(heals);
+    expect(deletions).toBeLessThanOrEqual(heals + 1);
+  });
+
+  it('the periodic check repairs missing keys and, with prune, deletes surplus ones; its report is kept', async () => {
+    await p.put('/registry/pods/apps/periodic').value('p').exec();
+    running = startEngine(primary, standby, { healDelayMs: -1, checkIntervalMs: 300, prune: true });
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    await s.delete().key('/registry/pods/apps/periodic').exec();
+    await s.put('/registry/secrets/apps/stray').value('s').exec();
+    await waitFor(
+      async () => {
+        const now = await snapshot(s);
+        return now.get('/registry/pods/apps/periodic')?.value.toString() === 'p' && !now.has('/registry/secrets/apps/stray');
+      },
+      { timeoutMs: 20_000, message: 'periodic check did not repair' },
+    );
+    await waitFor(() => running!.engine.lastCheck?.consistent === true, { timeoutMs: 10_000, message: 'no clean periodic check' });
+  });
+});

@@ -1,0 +1,76 @@
+import { describe, expect, it } from 'vitest';
+import { type CheckReport, formatText, groupOf, keyText, toJson } from '../src/diff/report.js';
+
+const prefix = Buffer.from('/registry/');
+
+describe('keyText', () => {
+  it.each([
+    [Buffer.from('/registry/pods/apps/a'), '/registry/pods/apps/a'],
+    [Buffer.from('/registry/configmaps/apps/ü'), '/registry/configmaps/apps/ü'],
+    [Buffer.from([0x2f, 0xff, 0xfe]), 'base64:L//+'],
+    [Buffer.from([0x2f, 0xc3, 0x28]), 'base64:L8Mo'],
+  ])('%s → %s', (key, text) => {
+    expect(keyText(key)).toBe(text);
+  });
+});
+
+describe('groupOf', () => {
+  it.each([
+    ['/registry/pods/apps/a', 'pods/apps'],
+    ['/registry/services/specs/apps/api', 'services/specs/apps'],
+    ['/registry/clusterroles/admin', 'clusterroles (cluster)'],
+    ['/registry/example.com/widgets/apps/w', 'example.com/widgets/apps'],
+    ['/registry/odd/a/b/c', '(other)'],
+  ])('%s → %s', (key, group) => {
+    expect(groupOf(Buffer.from(key), prefix)).toBe(group);
+  });
+});
+
+describe('report output', () => {
+  const report: CheckReport = {
+    consistent: false,
+    primaryRevision: 42n,
+    standbyRevision: 7n,
+    mode: 'settled',
+    inScope: 10,
+    findings: {
+      missing: [Buffer.from('/registry/pods/apps/a'), Buffer.from('/registry/pods/apps/b')],
+      surplus: [Buffer.from('/registry/secrets/default/s')],
+      different: [Buffer.from([0x2f, 0xff])],
+    },
+    checkedAt: 0,
+  };
+  it('JSON has the documented shape', () => {
+    expect(toJson(report)).toEqual({
+      consistent: false,
+      primaryRevision: 42,
+      standbyRevision: 7,
+      counts: { inScope: 10, missing: 2, surplus: 1, different: 1 },
+      missing: ['/registry/pods/apps/a', '/registry/pods/apps/b'],
+      surplus: ['/registry/secrets/default/s'],
+      different: ['base64:L/8='],
+    });
+    expect(toJson({ ...report, repaired: { put: 3, deleted: 1 } }).repaired).toEqual({ put: 3, deleted: 1 });
+  });
+  it('text: counts, groups, keys up to the limit, and what was left out', () => {
+    expect(formatText(report, prefix, 2)).toBe(
+      [
+        'etcd-sync check: INCONSISTENT (primary revision 42, standby revision 7, compared latest against latest, re-checked after settling)',
+        'in scope: 10 keys in the primary',
+        'missing: 2  surplus: 1  different: 1',
+        '',
+        'by resource/namespace:',
+        '  (other)          different 1',
+        '  pods/apps        missing 2',
+        '  secrets/default  surplus 1',
+        '',
+        'missing (2):',
+        '  /registry/pods/apps/a',
+        '  /registry/pods/apps/b',
+        '',
+        'listed 2 of 4 keys, 2 left out (--limit 2)',
+        '',
+      ].join('\n'),
+    );
+  });
+});
