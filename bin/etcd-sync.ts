@@ -21,6 +21,7 @@ process.emitWarning = ((...args: unknown[]) => {
   emitWarning(...args);
 }) as typeof process.emitWarning;
 
+const SHUTDOWN_TIMEOUT_MS = 10_000;
 const controller = new AbortController();
 let signals = 0;
 for (const sig of ['SIGTERM', 'SIGINT'] as const) {
@@ -31,6 +32,9 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
       process.exit(1);
     }
     controller.abort();
+    // Shutdown finishes the txn in flight (calls have 30 s deadlines, but a stuck one must not
+    // keep a Pod terminating): past this bound, say so and exit.
+    setTimeout(() => fail(`shutdown did not finish within ${SHUTDOWN_TIMEOUT_MS / 1000} s after ${sig}; exiting`, 1), SHUTDOWN_TIMEOUT_MS).unref();
   });
 }
 

@@ -1,8 +1,9 @@
 /** `etcd-sync check` through the real CLI: findings, output forms, exit codes, repair, prune, dry run. */
+import { spawn } from 'node:child_process';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type EtcdServer, usePair } from './helpers/etcd.js';
-import { putMany, runCli, snapshot, startEngine } from './helpers/sync.js';
+import { CLI, putMany, runCli, snapshot, startEngine } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 async function check(args: string[]): Promise<{ code: number | null; stdout: string; output: string }> {
@@ -120,6 +121,31 @@ describe('etcd-sync check', () => {
     expect(after.has('/registry/secrets/apps/only-here')).toBe(false);
     expect(after.get('/registry/pods/kube-system/standby-own')?.value.toString()).toBe('own');
     expect(after.get('/registry/masterleases/10.9.9.9')?.value.toString()).toBe('own');
+  });
+
+  it('--prune at a terminal lists the surplus keys and asks: no keeps them, yes deletes them', async () => {
+    await s.put('/registry/secrets/apps/ask-me').value('x').exec();
+    const answer = async (reply: string): Promise<{ code: number | null; output: string }> => {
+      // util-linux `script` gives the CLI a real terminal on stdin.
+      const quoted = [process.execPath, CLI, 'check', ...both(), '--prune'].map((a) => `'${a}'`).join(' ');
+      const child = spawn('script', ['-qec', quoted, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let output = '';
+      child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      await waitFor(() => output.includes('[y/N]'), { timeoutMs: 30_000, message: `no prompt in: ${output}` });
+      child.stdin.write(`${reply}\n`);
+      return { code: await exited, output };
+    };
+    const no = await answer('n');
+    expect(no.output).toContain('surplus keys only the standby has (1):');
+    expect(no.output).toContain('  /registry/secrets/apps/ask-me');
+    expect(no.output).toContain('delete these 1 keys from the standby? [y/N]');
+    expect(no.code).toBe(1);
+    expect((await snapshot(s)).has('/registry/secrets/apps/ask-me')).toBe(true);
+    const yes = await answer('y');
+    expect(yes.code).toBe(0);
+    expect(yes.output).toContain('repaired: 0 put, 1 deleted');
+    expect((await snapshot(s)).has('/registry/secrets/apps/ask-me')).toBe(false);
   });
 
   it('could not check: unreachable side or bad flags, exit 2 with one line', async () => {

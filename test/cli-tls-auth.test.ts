@@ -36,16 +36,23 @@ describe('TLS, auth and bad input', () => {
       ETCD_SYNC_STANDBY_USER: 'root',
       ETCD_SYNC_STANDBY_PASSWORD: 'secret-pw',
     };
-    const cli = runCli(['run', ...primary.cliArgs('primary')], env);
+    const cli = runCli(['run', ...primary.cliArgs('primary'), '--log-level', 'debug'], env);
     try {
       await cli.waitForLog('streaming from revision');
       await p.put('/registry/pods/apps/streamed').value('over tls').exec();
       await p.delete().key('/registry/pods/apps/web').exec();
       await waitInSync(p, s);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n--- etcd-sync output ---\n${cli.output().slice(-3000)}`);
     } finally {
       cli.child.kill('SIGTERM');
     }
-    expect((await cli.exited).code).toBe(0);
+    const exit = await Promise.race([cli.exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 15_000))]);
+    if (exit === 'hung') {
+      cli.child.kill('SIGKILL');
+      throw new Error(`etcd-sync did not exit within 15 s of SIGTERM\n--- etcd-sync output ---\n${cli.output().slice(-3000)}`);
+    }
+    expect(exit.code).toBe(0);
   });
 
   const base = (): string[] => ['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby')];

@@ -54,8 +54,12 @@ export class WatchStream {
     private readonly where: string,
   ) {}
 
-  /** Opens the stream and waits for etcd to confirm the watcher. */
-  static async open(side: EtcdSide, request: WatchRequest): Promise<WatchStream> {
+  /**
+   * Opens the stream and waits for etcd to confirm the watcher, at most `createTimeoutMs`
+   * (default 30 s), and no longer than the signal allows: an unanswered create is retried
+   * by the caller like any unreachable endpoint.
+   */
+  static async open(side: EtcdSide, request: WatchRequest, signal?: AbortSignal, createTimeoutMs = 30_000): Promise<WatchStream> {
     const { client, metadata, endpoint } = await side.rawClient('Watch');
     const where = `${side.name} etcd (${endpoint}) watch from revision ${request.startRevision}`;
     const call = (client as unknown as { watch(md: grpc.Metadata): Duplex }).watch(metadata);
@@ -70,14 +74,32 @@ export class WatchStream {
         progress_notify: true,
       },
     });
+    let timer: NodeJS.Timeout | undefined;
+    const giveUp = (why: string): void => {
+      stream.close();
+      failCreate?.(new UnreachableError(`${where}: ${why}`));
+    };
+    let failCreate: ((err: Error) => void) | undefined;
+    const onAbort = (): void => giveUp('aborted');
     try {
-      const first = await stream.nextRaw();
+      const first = await Promise.race([
+        stream.nextRaw(),
+        new Promise<never>((_resolve, reject) => {
+          failCreate = reject;
+          timer = setTimeout(() => giveUp(`no answer to the watch create within ${createTimeoutMs} ms`), createTimeoutMs);
+          if (signal?.aborted) onAbort();
+          else signal?.addEventListener('abort', onAbort, { once: true });
+        }),
+      ]);
       if (first === undefined) throw new UnreachableError(`${where}: stream ended before the watch was created`);
       stream.checkCanceled(first);
       if (!first.created) throw new UnreachableError(`${where}: unexpected first response`);
     } catch (err) {
       stream.close();
       throw err;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
     }
     return stream;
   }

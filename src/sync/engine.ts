@@ -405,7 +405,7 @@ export class SyncEngine {
     while (!this.signal.aborted) {
       if (until !== undefined && this.appliedRevision >= until) return;
       const watch = await this.retry('watch primary', () =>
-        WatchStream.open(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: this.appliedRevision + 1n }),
+        WatchStream.open(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: this.appliedRevision + 1n }, this.signal),
       );
       try {
         const done = await this.consume(watch, until);

@@ -58,7 +58,7 @@ export class SelfHealer {
     const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: this.log, signal });
     try {
       while (!signal.aborted) {
-        const watch = await retry('watch standby', () => WatchStream.open(this.standby, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: next }));
+        const watch = await retry('watch standby', () => WatchStream.open(this.standby, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: next }, signal));
         const onAbort = (): void => watch.close();
         signal.addEventListener('abort', onAbort, { once: true });
         try {
