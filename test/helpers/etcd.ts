@@ -134,6 +134,8 @@ export class EtcdServer {
       ...(tls ? { credentials: { rootCertificate: tls.caPem, privateKey: tls.clientKeyPem, certChain: tls.clientCertPem } } : {}),
       ...(opts.root && this.options.rootPassword ? { auth: { username: 'root', password: this.options.rootPassword } } : {}),
       grpcOptions: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 },
+      // A stalled call fails the test with a message instead of hanging it until the test timeout.
+      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + 20_000 }),
     };
   }
 
