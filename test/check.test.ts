@@ -112,6 +112,21 @@ describe('etcd-sync check', () => {
     expect(after.get('/registry/pods/kube-system/standby-own')?.value.toString()).toBe('own');
   });
 
+  it('repair at the checkpoint writes the values as of the checkpoint, which the sync continues from', async () => {
+    // No sync runs; the primary moves on after the checkpoint, and the standby loses the key.
+    await p.put('/registry/pods/apps/b').value('b, changed on the primary after the checkpoint').exec();
+    await s.delete().key('/registry/pods/apps/b').exec();
+    const r = await check([...both(), '--repair', '--output', 'json']);
+    expect(JSON.parse(r.stdout)).toMatchObject({ repaired: { put: 1, deleted: 0 }, missing: [], different: [], surplus: ['/registry/secrets/apps/only-here'] });
+    expect((await snapshot(s)).get('/registry/pods/apps/b')?.value.toString()).toBe('b');
+    // The sync picks up from the checkpoint: the later change arrives, and the pair is consistent.
+    const engine = startEngine(primary, standby, { healDelayMs: -1 });
+    await waitFor(async () => (await snapshot(s)).get('/registry/pods/apps/b')?.value.toString() === 'b, changed on the primary after the checkpoint', {
+      timeoutMs: 30_000,
+    });
+    await engine.stop();
+  });
+
   it('--prune --yes deletes the surplus keys: consistent, exit 0', async () => {
     const r = await check([...both(), '--prune', '--yes', '--output', 'json']);
     expect(r.code).toBe(0);

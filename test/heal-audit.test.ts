@@ -3,7 +3,9 @@ import type { Etcd3 } from 'etcd3';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdSide } from '../src/etcd/connection.js';
 import { Scope, defaultScopeRules } from '../src/scope.js';
-import { audit } from '../src/sync/audit.js';
+import { audit, repair, repairPlan } from '../src/sync/audit.js';
+import { LeaseMapper, leaseKeyPrefix } from '../src/sync/leases.js';
+import { StandbyWriter } from '../src/sync/writer.js';
 import { type EtcdServer, usePair } from './helpers/etcd.js';
 import { type RunningEngine, putMany, quietLog, snapshot, startEngine, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
@@ -152,5 +154,39 @@ describe('audits under writes, self-healing, periodic check', () => {
       { timeoutMs: 20_000, message: 'periodic check did not repair' },
     );
     await waitFor(() => running!.engine.lastCheck?.consistent === true, { timeoutMs: 10_000, message: 'no clean periodic check' });
+  });
+
+  it('repair leaves alone a standby key modified after the audit (it is newer)', async () => {
+    await putMany(p, [
+      ['/registry/pods/apps/guard-missing', 'm'],
+      ['/registry/pods/apps/guard-changed', 'c'],
+    ]);
+    running = startEngine(primary, standby, { healDelayMs: -1 });
+    await waitInSync(p, s);
+    await running.stop();
+    running = undefined;
+    await s.delete().key('/registry/pods/apps/guard-missing').exec();
+    await s.put('/registry/pods/apps/guard-changed').value('tampered').exec();
+    const report = await auditOnce('/etcd-sync/checkpoint');
+    expect(report.mode).toBe('checkpoint');
+    expect(report.findings.missing.map(String)).toEqual(['/registry/pods/apps/guard-missing']);
+    expect(report.findings.different.map(String)).toEqual(['/registry/pods/apps/guard-changed']);
+    // Written after the audit: the repair must not overwrite it.
+    await s.put('/registry/pods/apps/guard-changed').value('newer, after the audit').exec();
+    const ps = new EtcdSide(primary.sideConfig('primary'));
+    const ss = new EtcdSide(standby.sideConfig('standby'));
+    const leases = new LeaseMapper(ps, ss, leaseKeyPrefix(Buffer.from('/etcd-sync/checkpoint')), quietLog);
+    try {
+      const writer = new StandbyWriter(ss, leases, quietLog, () => new AbortController().signal);
+      const repaired = await repair(ps, ss, writer, repairPlan(report, false), (what, fn) => withRetry(what, fn, { log: quietLog }));
+      expect(repaired).toEqual({ put: 1, deleted: 0 });
+    } finally {
+      leases.stop();
+      ps.close();
+      ss.close();
+    }
+    const after = await snapshot(s);
+    expect(after.get('/registry/pods/apps/guard-missing')?.value.toString()).toBe('m');
+    expect(after.get('/registry/pods/apps/guard-changed')?.value.toString()).toBe('newer, after the audit');
   });
 });

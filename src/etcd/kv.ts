@@ -155,13 +155,14 @@ export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = 
 /** Keys per multi-get txn (under etcd's default --max-txn-ops of 128). */
 const GET_MANY_CHUNK = 100;
 
-/** Current values of many keys, a txn of range ops per 100 keys; absent keys are not in the map (keyed by latin1). */
-export async function getMany(side: EtcdSide, keys: readonly Buffer[]): Promise<Map<string, KeyValue>> {
+/** Values of many keys (latest, or at `revision`), a txn of range ops per 100 keys; absent keys are not in the map (keyed by latin1). */
+export async function getMany(side: EtcdSide, keys: readonly Buffer[], revision?: bigint): Promise<Map<string, KeyValue>> {
+  const at = revision === undefined ? {} : { revision: revision.toString() };
   const found = new Map<string, KeyValue>();
   for (let i = 0; i < keys.length; i += GET_MANY_CHUNK) {
     const chunk = keys.slice(i, i + GET_MANY_CHUNK);
     const res = await side.call(`get ${chunk.length} keys`, (c) =>
-      c.kv.txn({ compare: [], success: chunk.map((key) => ({ request_range: { key } })), failure: [] } as never),
+      c.kv.txn({ compare: [], success: chunk.map((key) => ({ request_range: { key, ...at } })), failure: [] } as never),
     );
     for (const response of res.responses as unknown as { response_range?: { kvs: RawKv[] } }[]) {
       for (const raw of response.response_range?.kvs ?? []) found.set(raw.key.toString('latin1'), keyValue(raw));

@@ -4,7 +4,7 @@
  */
 import { CompactedError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, getMany, rangePage, readHeader, scanPages } from '../etcd/kv.js';
+import { type Compare, DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, getMany, rangePage, readHeader, scanPages } from '../etcd/kv.js';
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
 import { type CheckReport, FINDING_KINDS, type FindingKind, isConsistent } from '../diff/report.js';
 import type { Scope } from '../scope.js';
@@ -134,15 +134,29 @@ export async function audit(primary: EtcdSide, standby: EtcdSide, options: Audit
 export interface RepairPlan {
   put: Buffer[];
   delete: Buffer[];
-}
-
-export function repairPlan(report: CheckReport, prune: boolean): RepairPlan {
-  return { put: [...report.findings.missing, ...report.findings.different], delete: prune ? [...report.findings.surplus] : [] };
+  /** The primary revision whose values are written; undefined = the primary's current values. */
+  primaryRevision?: bigint;
+  /** Only standby copies not modified after this revision are touched; undefined = the standby's revision when the repair starts. */
+  standbyRevision?: bigint;
 }
 
 /**
- * Puts the primary's current version of each key to put, and deletes each key to delete that
- * is still absent on the primary, only if the standby's copy is unchanged since it was read.
+ * What a repair of this report writes. At the checkpoint it writes the primary's values as of
+ * the checkpoint, so the standby stays the exact image of the primary at C that the running
+ * sync continues from; otherwise the primary's current values.
+ */
+export function repairPlan(report: CheckReport, prune: boolean): RepairPlan {
+  return {
+    put: [...report.findings.missing, ...report.findings.different],
+    delete: prune ? [...report.findings.surplus] : [],
+    ...(report.mode === 'checkpoint' ? { primaryRevision: report.primaryRevision, standbyRevision: report.standbyRevision } : {}),
+  };
+}
+
+/**
+ * Puts the primary's version of each key to put, and deletes each key to delete that is absent
+ * on the primary, each only if the standby's copy was not modified after the compared standby
+ * revision: a key the running sync (or anyone) changed since is newer, and left alone.
  */
 export async function repair(
   primary: EtcdSide,
@@ -152,29 +166,30 @@ export async function repair(
   retry: AuditOptions['retry'],
   limits = { maxOps: DEFAULT_MAX_TXN_OPS, maxBytes: DEFAULT_MAX_TXN_BYTES },
 ): Promise<{ put: number; deleted: number }> {
+  const standbyRevision = plan.standbyRevision ?? (await retry('read standby revision', () => readHeader(standby))).revision;
+  const unchanged = (key: Buffer): Compare => ({ key, target: 'Mod', result: 'Less', version: standbyRevision + 1n });
+  /** Writes the ops in one guarded txn; when a guard fails, key by key. Returns how many were written. */
+  const guarded = async (ops: WriteOp[]): Promise<number> => {
+    if (await writer.write(ops, [], ops.map((op) => unchanged(op.key)))) return ops.length;
+    let written = 0;
+    if (ops.length > 1) for (const op of ops) if (await writer.write([op], [], [unchanged(op.key)])) written++;
+    return written;
+  };
+  const [values, onPrimary] = await Promise.all([
+    retry('read primary', () => getMany(primary, plan.put, plan.primaryRevision)),
+    retry('read primary', () => getMany(primary, plan.delete, plan.primaryRevision)),
+  ]);
   let put = 0;
   let deleted = 0;
-  const current = await retry('read primary', () => getMany(primary, plan.put));
   const chunker = new OpChunker(limits);
-  const writeChunk = async (chunk: WriteOp[] | undefined): Promise<void> => {
-    if (!chunk) return;
-    await writer.write(chunk);
-    put += chunk.length;
-  };
   for (const key of plan.put) {
-    const kv = current.get(key.toString('latin1'));
-    if (kv) await writeChunk(chunker.add({ type: 'put', key: kv.key, value: kv.value, lease: kv.lease }));
+    const kv = values.get(key.toString('latin1'));
+    const full = kv && chunker.add({ type: 'put', key: kv.key, value: kv.value, lease: kv.lease });
+    if (full) put += await guarded(full);
   }
-  await writeChunk(chunker.flush());
-  if (plan.delete.length > 0) {
-    const [onPrimary, onStandby] = await Promise.all([retry('read primary', () => getMany(primary, plan.delete)), retry('read standby', () => getMany(standby, plan.delete))]);
-    for (const key of plan.delete) {
-      const id = key.toString('latin1');
-      const copy = onStandby.get(id);
-      if (onPrimary.has(id) || !copy) continue;
-      const held = await writer.write([{ type: 'delete', key }], [], [{ key, target: 'Mod', result: 'Equal', version: copy.modRevision }]);
-      if (held) deleted++;
-    }
-  }
+  const last = chunker.flush();
+  if (last) put += await guarded(last);
+  const deletes: WriteOp[] = plan.delete.filter((key) => !onPrimary.has(key.toString('latin1'))).map((key) => ({ type: 'delete', key }));
+  for (let i = 0; i < deletes.length; i += limits.maxOps) deleted += await guarded(deletes.slice(i, i + limits.maxOps));
   return { put, deleted };
 }

@@ -22,6 +22,9 @@ export interface HealOptions {
   forgetAfterMs?: number;
 }
 
+/** Past this many keys with heal state, quiet ones are forgotten. */
+const KEYS_REMEMBERED = 10_000;
+
 interface KeyState {
   key: Buffer;
   /** Restores so far in the current streak. */
@@ -93,6 +96,7 @@ export class SelfHealer {
   }
 
   private changed(key: Buffer, revision: bigint): void {
+    if (this.keys.size > KEYS_REMEMBERED) this.forgetQuietKeys();
     const id = key.toString('latin1');
     let state = this.keys.get(id);
     if (!state) {
@@ -106,6 +110,14 @@ export class SelfHealer {
     const current = state;
     state.timer = setTimeout(() => void this.heal(id, current), wait);
     state.timer.unref();
+  }
+
+  /** Keys without a pending restore and quiet for forgetAfterMs need no state: their streak is over. */
+  private forgetQuietKeys(): void {
+    const now = Date.now();
+    for (const [id, state] of this.keys) {
+      if (!state.timer && now - state.lastHealAt > this.forgetAfterMs) this.keys.delete(id);
+    }
   }
 
   private async heal(id: string, state: KeyState): Promise<void> {
