@@ -53,5 +53,5 @@ for deb in "$tmp"/debs/*.deb; do dpkg -x "$deb" "$dest.partial"; done
 [ -x "$dest.partial/usr/bin/etcd" ] || need "the package had no usr/bin/etcd"
 rm -rf "$dest"
 mv "$dest.partial" "$dest"
-"$bin" --version | head -1 >&2
+"$bin" --version | sed -n 1p >&2  # sed reads it all: head could SIGPIPE etcd under pipefail
 echo "$bin"

@@ -8,5 +8,5 @@ bash scripts/ensure-deps.sh
 npx tsc -p tsconfig.check.json
 ETCD_BIN=$(bash scripts/install-etcd.sh "${ETCD_VERSION:-3.5}")
 export ETCD_BIN
-echo "etcd-sync tests: node $(node --version), $("$ETCD_BIN" --version | head -1)" >&2
+echo "etcd-sync tests: node $(node --version), $("$ETCD_BIN" --version | sed -n 1p)" >&2
 exec npx vitest run "$@"
