@@ -6,7 +6,8 @@
 import { CommanderError } from 'commander';
 import { createInterface } from 'node:readline/promises';
 import { runCheck } from '../src/cli/check.js';
-import { checkConfig, runConfig } from '../src/cli/config.js';
+import { checkConfig, mergeConfig, runConfig, verifyConfig } from '../src/cli/config.js';
+import { runMerge, runVerify } from '../src/cli/encryption.js';
 import { buildProgram } from '../src/cli/program.js';
 import { runSync } from '../src/cli/run.js';
 import { EtcdSyncError, describeError } from '../src/errors.js';
@@ -73,6 +74,11 @@ const program = buildProgram(process.env, async ({ name, options }) => {
       out: (text) => process.stdout.write(text),
       ...(process.stdin.isTTY ? { confirm: confirmDelete } : {}),
     });
+  }
+  if (name === 'encryption merge' || name === 'encryption verify') {
+    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name });
+    const io = { log, out: (text: string) => process.stdout.write(text), warn: (line: string) => process.stderr.write(`etcd-sync: ${line}\n`) };
+    exitCode = name === 'encryption merge' ? await runMerge(mergeConfig(options), io) : await runVerify(verifyConfig(options), io);
   }
   if (name === 'run') {
     const config = runConfig(options);

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import type { EtcdSideConfig } from '../etcd/connection.js';
 import { type ScopeRules, startsWith } from '../scope.js';
+import type { MergeConfig, VerifyConfig } from './encryption.js';
 
 export interface RunConfig {
   primary: EtcdSideConfig;
@@ -18,6 +19,8 @@ export interface RunConfig {
   /** Periodic check and repair; 0 = off. */
   checkIntervalMs: number;
   healDelayMs: number;
+  /** The standby's EncryptionConfiguration file, to check written encrypted values. */
+  encryptionConfigFile?: string;
 }
 
 export interface CheckConfig {
@@ -168,6 +171,7 @@ export function runConfig(options: Options): RunConfig {
     logLevel: String(options.logLevel ?? 'info'),
     checkIntervalMs: Number(options.checkInterval),
     healDelayMs: Number(options.healDelay),
+    ...(str(options, 'encryptionConfig') ? { encryptionConfigFile: str(options, 'encryptionConfig') as string } : {}),
   };
 }
 
@@ -187,5 +191,28 @@ export function checkConfig(options: Options): CheckConfig {
     dryRun: options.dryRun === true,
     settleMs: Number(options.settle),
     logLevel: String(options.logLevel ?? 'warn'),
+  };
+}
+
+export function mergeConfig(options: Options): MergeConfig {
+  return {
+    primaryFile: String(options.primary),
+    standbyFile: String(options.standby),
+    ...(str(options, 'output') ? { outputFile: str(options, 'output') as string } : {}),
+    ...(str(options, 'standbyEndpoints') ? { standby: sideConfig(options, 'standby') } : {}),
+    keyPrefix: Buffer.from('/registry/'),
+  };
+}
+
+export function verifyConfig(options: Options): VerifyConfig {
+  const keyPrefix = str(options, 'keyPrefix') ?? '/registry/';
+  if (!keyPrefix.startsWith('/')) throw new ConfigError(`--key-prefix must start with '/', got '${keyPrefix}'`);
+  return {
+    configFile: String(options.config),
+    side: sideConfig(options, 'this', ''),
+    keyPrefix: Buffer.from(keyPrefix),
+    output: options.output === 'json' ? 'json' : 'text',
+    limit: Number(options.limit),
+    pageSize: Number(options.pageSize),
   };
 }

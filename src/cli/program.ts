@@ -35,14 +35,17 @@ function positiveInt(flag: string) {
   };
 }
 
-export function addConnectionOptions(cmd: Command, side: 'primary' | 'standby'): Command {
+/** `--<side>-endpoints` and friends; side '' gives `--endpoints`, `--cacert`, ... for one-side commands. */
+export function addConnectionOptions(cmd: Command, side: 'primary' | 'standby' | ''): Command {
+  const flag = side ? `${side}-` : '';
+  const what = side ? `the ${side} etcd` : 'the etcd';
   return cmd
-    .addOption(new Option(`--${side}-endpoints <urls>`, `${side} etcd client URLs, comma-separated (http:// or https://)`))
-    .addOption(new Option(`--${side}-cacert <file>`, `CA bundle (PEM) to verify the ${side} etcd`))
-    .addOption(new Option(`--${side}-cert <file>`, `client certificate (PEM) for the ${side} etcd`))
-    .addOption(new Option(`--${side}-key <file>`, `client key (PEM) for the ${side} etcd`))
-    .addOption(new Option(`--${side}-user <name>`, `user for the ${side} etcd's authentication`))
-    .addOption(new Option(`--${side}-password <password>`, `password for the ${side} etcd (prefer ETCD_SYNC_${side.toUpperCase()}_PASSWORD)`));
+    .addOption(new Option(`--${flag}endpoints <urls>`, `${what}: client URLs, comma-separated (http:// or https://)`))
+    .addOption(new Option(`--${flag}cacert <file>`, `CA bundle (PEM) to verify ${what}`))
+    .addOption(new Option(`--${flag}cert <file>`, `client certificate (PEM) for ${what}`))
+    .addOption(new Option(`--${flag}key <file>`, `client key (PEM) for ${what}`))
+    .addOption(new Option(`--${flag}user <name>`, `user for ${what}'s authentication`))
+    .addOption(new Option(`--${flag}password <password>`, `password for ${what} (prefer ETCD_SYNC_${flag.toUpperCase().replace(/-/g, '_')}PASSWORD)`));
 }
 
 export function addScopeOptions(cmd: Command): Command {
@@ -109,6 +112,7 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unk
     .description('mirror the primary etcd into the standby: initial diff, then streaming (the daemon)')
     .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'))
     .addOption(new Option('--check-interval <duration>', 'periodic consistency check and repair; 0 turns it off').argParser(parseDuration('--check-interval')).default(DEFAULT_CHECK_INTERVAL_MS, '10m'))
+    .addOption(new Option('--encryption-config <file>', "the standby's EncryptionConfiguration: check that every encrypted value written is readable there"))
     .addOption(new Option('--heal-delay <duration>', 'wait before restoring a synced key changed on the standby (doubles per key while it keeps happening)').argParser(parseDuration('--heal-delay')).default(DEFAULT_HEAL_DELAY_MS, '1s'));
   addConnectionOptions(run, 'primary');
   addConnectionOptions(run, 'standby');
@@ -133,14 +137,40 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unk
   addLogOptions(check, 'warn');
   program.addCommand(check);
 
-  for (const cmd of program.commands) {
+  const encryption = new Command('encryption').description("merge and verify kube-apiserver encryption-at-rest configurations across the pair");
+  const merge = new Command('merge')
+    .description("merge the standby's encryption keys into the primary's configuration (YAML out)")
+    .addOption(new Option('--primary <file>', "the primary's EncryptionConfiguration").makeOptionMandatory())
+    .addOption(new Option('--standby <file>', "the standby's EncryptionConfiguration").makeOptionMandatory())
+    .addOption(new Option('-o, --output <file>', 'write the merged file here (default: stdout)'));
+  addConnectionOptions(merge, 'standby');
+  addLogOptions(merge, 'warn');
+  encryption.addCommand(merge);
+  const verify = new Command('verify')
+    .description('decrypt every encrypted value of one etcd the way kube-apiserver would (exit 0 all readable, 1 some unreadable, 2 could not verify)')
+    .addOption(new Option('--config <file>', 'the EncryptionConfiguration of that side').makeOptionMandatory())
+    .addOption(new Option('--output <format>', 'report format').choices(['text', 'json']).default('text'))
+    .addOption(new Option('--limit <n>', 'failing keys listed in the text report').argParser(nonNegativeInt('--limit')).default(100))
+    .addOption(new Option('--key-prefix <prefix>', 'keys under this prefix are scanned').default(DEFAULT_KEY_PREFIX))
+    .addOption(new Option('--page-size <n>', 'keys per range page').argParser(positiveInt('--page-size')).default(DEFAULT_PAGE_SIZE));
+  addConnectionOptions(verify, '');
+  addLogOptions(verify, 'warn');
+  encryption.addCommand(verify);
+  program.addCommand(encryption);
+
+  const wire = (cmd: Command, path: string): void => {
     cmd.exitOverride();
     cmd.showHelpAfterError('(run with --help for usage)');
+    if (cmd.commands.length > 0) {
+      for (const sub of cmd.commands) wire(sub, `${path} ${sub.name()}`);
+      return;
+    }
     cmd.action(async (_opts: unknown, command: Command) => {
       applyEnv(command, env);
-      await onCommand({ name: command.name(), options: command.opts() });
+      await onCommand({ name: path, options: command.opts() });
     });
-  }
+  };
+  for (const cmd of program.commands) wire(cmd, cmd.name());
   return program;
 }
 

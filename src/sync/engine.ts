@@ -48,6 +48,8 @@ export interface SyncOptions {
   checkIntervalMs?: number;
   /** First wait before restoring a synced key changed on the standby; undefined or negative = self-healing off. Default 1 s. */
   healDelayMs?: number;
+  /** Called for every key-value put into the standby (`--encryption-config` checks them). */
+  onPut?: (key: Buffer, value: Buffer) => void;
 }
 
 export interface Checkpoint {
@@ -125,7 +127,7 @@ export class SyncEngine {
     this.progressIntervalMs = options.progressIntervalMs ?? 5_000;
     this.idleProgressMs = options.idleProgressMs ?? 5_000;
     this.leases = new LeaseMapper(primary, standby, leaseKeyPrefix(this.checkpointKey), log);
-    this.writer = new StandbyWriter(standby, this.leases, log, () => this.signal);
+    this.writer = new StandbyWriter(standby, this.leases, log, () => this.signal, options.onPut);
   }
 
   private setState(state: SyncState): void {

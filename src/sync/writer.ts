@@ -20,6 +20,8 @@ export class StandbyWriter {
     private readonly leases: LeaseMapper,
     private readonly log: Logger,
     private readonly signal: () => AbortSignal,
+    /** Called for every put that was written (e.g. to verify encrypted values). */
+    private readonly onPut?: (key: Buffer, value: Buffer) => void,
   ) {}
 
   private retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -47,6 +49,12 @@ export class StandbyWriter {
    */
   async write(ops: WriteOp[], bookkeeping: WriteOp[] = [], compares: Compare[] = []): Promise<boolean> {
     const mapped = await this.mapLeases(ops);
+    const held = await this.writeMapped(mapped, bookkeeping, compares);
+    if (held && this.onPut) for (const op of ops) if (op.type === 'put') this.onPut(op.key, op.value);
+    return held;
+  }
+
+  private async writeMapped(mapped: WriteOp[], bookkeeping: WriteOp[], compares: Compare[]): Promise<boolean> {
     try {
       return await this.txn([...mapped, ...bookkeeping], compares);
     } catch (err) {
