@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseEncryptionConfig } from '../src/encryption/config.js';
-import { verifyValue } from '../src/encryption/decrypt.js';
+import { providersFor, verifyValue } from '../src/encryption/decrypt.js';
 import { mergeConfigs, mergedYaml } from '../src/encryption/merge.js';
 import { type EtcdServer, usePair } from './helpers/etcd.js';
 import { configYaml, encryptValue } from './helpers/encrypt.js';
@@ -64,6 +64,35 @@ describe('decrypting as kube-apiserver reads', () => {
     expect(verifyValue(Buffer.from(secretKey), json, providers).status).toBe('readable');
     const cbor = encryptValue('aescbc', 'key1', k32, Buffer.from([0xd9, 0xd9, 0xf7, 0xa0]), secretKey);
     expect(verifyValue(Buffer.from(secretKey), cbor, providers).status).toBe('readable');
+  });
+});
+
+describe("the resource's own providers", () => {
+  // Two entries with different secrets under the same key name: only the resource's entry may read.
+  const yaml = [
+    'apiVersion: apiserver.config.k8s.io/v1',
+    'kind: EncryptionConfiguration',
+    'resources:',
+    '  - resources: [secrets]',
+    `    providers: [{aescbc: {keys: [{name: key1, secret: ${k32.toString('base64')}}]}}]`,
+    '  - resources: [configmaps, widgets.example.com]',
+    `    providers: [{aescbc: {keys: [{name: key1, secret: ${other32.toString('base64')}}]}}]`,
+    '  - resources: ["*.*"]',
+    `    providers: [{aescbc: {keys: [{name: key1, secret: ${k16.toString('base64')}}]}}]`,
+  ].join('\n');
+  const config = parseEncryptionConfig(yaml, 'multi.yaml');
+  const prefix = Buffer.from('/registry/');
+  it.each([
+    ['/registry/secrets/apps/s', k32, 'readable'],
+    ['/registry/secrets/apps/s', other32, 'unreadable'],
+    ['/registry/configmaps/apps/c', other32, 'readable'],
+    ['/registry/configmaps/apps/c', k32, 'unreadable'],
+    ['/registry/example.com/widgets/apps/w', other32, 'readable'],
+    ['/registry/example.com/gadgets/apps/g', k16, 'readable'],
+    ['/registry/example.com/gadgets/apps/g', other32, 'unreadable'],
+  ] as const)('%s encrypted with the %#th key: %s', (key, secret, status) => {
+    const value = encryptValue('aescbc', 'key1', secret, pod, key);
+    expect(verifyValue(Buffer.from(key), value, providersFor(config, Buffer.from(key), prefix)).status).toBe(status);
   });
 });
 

@@ -60,11 +60,10 @@ function decrypt(type: CipherType, key: Buffer, data: Buffer, etcdKey: Buffer): 
 export function providersFor(config: EncryptionConfig, etcdKey: Buffer, keyPrefix: Buffer): Provider[] {
   const parsed = parseKubernetesKey(etcdKey.toString('latin1', keyPrefix.length));
   if (parsed) {
-    const [first, second] = parsed.resource.split('/');
-    // `secrets` (core) or `example.com/widgets` → `widgets.example.com`
-    const group = second === undefined || !first?.includes('.') ? '' : first;
-    const resource = group ? (second as string) : parsed.resource.split('/')[0] ?? '';
-    const name = group ? `${resource}.${group}` : resource;
+    // `secrets`, `services/specs` (core: `secrets`, `services`) or `example.com/widgets` → `widgets.example.com`
+    const [first = '', second = ''] = parsed.resource.split('/');
+    const group = first.includes('.') ? first : '';
+    const name = group ? `${second}.${group}` : first;
     const entry = config.resources.find((e) => e.resources.some((r) => r === name || r === '*.*' || r === (group ? `*.${group}` : '*.')));
     if (entry) return entry.providers;
   }
