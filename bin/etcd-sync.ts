@@ -4,6 +4,7 @@
  *   0 ok / clean shutdown · 1 runtime failure · 2 usage, configuration, TLS or auth error
  */
 import { CommanderError } from 'commander';
+import { hostname } from 'node:os';
 import { createInterface } from 'node:readline/promises';
 import { runCheck } from '../src/cli/check.js';
 import { checkConfig, mergeConfig, runConfig, verifyConfig } from '../src/cli/config.js';
@@ -81,7 +82,8 @@ const program = buildProgram(process.env, async ({ name, options }) => {
     exitCode = name === 'encryption merge' ? await runMerge(mergeConfig(options), io) : await runVerify(verifyConfig(options), io);
   }
   if (name === 'run') {
-    const config = runConfig(options);
+    // The Pod name (Downward API) or the hostname, unless --identity says otherwise.
+    const config = runConfig({ identity: process.env.POD_NAME || hostname(), ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) });
     const log = createLogger(config.logLevel, { cmd: 'run' });
     process.once('SIGTERM', () => log.info('SIGTERM: finishing the transaction in flight'));
     process.once('SIGINT', () => log.info('SIGINT: finishing the transaction in flight'));

@@ -62,9 +62,12 @@ describe('TLS, auth and bad input', () => {
     out[i + 1] = value;
     return out;
   };
-  /** The error is one line naming what was wrong; never a stack trace. */
+  /** The error is one line naming what was wrong; never a stack trace. (JSON lines are the structured log.) */
   const expectOneLine = (output: string, ...parts: string[]): void => {
-    const lines = output.trim().split('\n');
+    const lines = output
+      .trim()
+      .split('\n')
+      .filter((line) => !line.startsWith('{"level"'));
     expect(lines, output).toHaveLength(1);
     for (const part of parts) expect(lines[0]).toContain(part);
     expect(output).not.toMatch(/\n\s+at /);

@@ -21,6 +21,10 @@ export interface RunConfig {
   healDelayMs: number;
   /** The standby's EncryptionConfiguration file, to check written encrypted values. */
   encryptionConfigFile?: string;
+  /** undefined: no HTTP server. */
+  httpAddress?: string;
+  identity: string;
+  readyMaxLag: number;
 }
 
 export interface CheckConfig {
@@ -172,6 +176,9 @@ export function runConfig(options: Options): RunConfig {
     checkIntervalMs: Number(options.checkInterval),
     healDelayMs: Number(options.healDelay),
     ...(str(options, 'encryptionConfig') ? { encryptionConfigFile: str(options, 'encryptionConfig') as string } : {}),
+    ...httpConfig(options),
+    identity: str(options, 'identity') ?? 'etcd-sync',
+    readyMaxLag: Number(options.readyMaxLag ?? 1000),
   };
 }
 
@@ -215,4 +222,13 @@ export function verifyConfig(options: Options): VerifyConfig {
     limit: Number(options.limit),
     pageSize: Number(options.pageSize),
   };
+}
+
+function httpConfig(options: Options): { httpAddress?: string } {
+  const address = str(options, 'httpAddress');
+  if (!address || address === 'off') return {};
+  if (!/^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$/.test(address) || Number(address.split(':').pop()) > 65535) {
+    throw new ConfigError(`--http-address must be host:port (or "off"), got '${address}'`);
+  }
+  return { httpAddress: address };
 }

@@ -7,6 +7,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_EXCLUDE_PREFIXES, DEFAULT_KEY_PREFIX } from '../scope.js';
 import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS } from '../sync/batch.js';
 import { DEFAULT_PAGE_SIZE } from '../etcd/kv.js';
+import { DEFAULT_HTTP_ADDRESS } from '../http.js';
 import { DEFAULT_SETTLE_MS } from '../sync/audit.js';
 import { DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECKPOINT_KEY, DEFAULT_HEAL_DELAY_MS, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
 import { ConfigError } from '../errors.js';
@@ -112,6 +113,9 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unk
     .description('mirror the primary etcd into the standby: initial diff, then streaming (the daemon)')
     .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'))
     .addOption(new Option('--check-interval <duration>', 'periodic consistency check and repair; 0 turns it off').argParser(parseDuration('--check-interval')).default(DEFAULT_CHECK_INTERVAL_MS, '10m'))
+    .addOption(new Option('--http-address <host:port>', 'serve /metrics, /healthz, /readyz, /status, /check here; "off" for none').default(DEFAULT_HTTP_ADDRESS))
+    .addOption(new Option('--identity <name>', 'this replica in /status, metrics and logs (default: $POD_NAME, else the hostname)'))
+    .addOption(new Option('--ready-max-lag <revisions>', '/readyz is ready once the initial sync is done and the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(1000))
     .addOption(new Option('--encryption-config <file>', "the standby's EncryptionConfiguration: check that every encrypted value written is readable there"))
     .addOption(new Option('--heal-delay <duration>', 'wait before restoring a synced key changed on the standby (doubles per key while it keeps happening)').argParser(parseDuration('--heal-delay')).default(DEFAULT_HEAL_DELAY_MS, '1s'));
   addConnectionOptions(run, 'primary');

@@ -20,7 +20,8 @@ export interface WatchEvent {
 
 export type WatchMessage =
   /** Events in revision order. */
-  | { kind: 'events'; events: WatchEvent[] }
+  /** Events in revision order; `headerRevision` is the primary store's revision when they were sent. */
+  | { kind: 'events'; events: WatchEvent[]; headerRevision: bigint }
   /** No event at or below `revision` is still to come (a progress notification). */
   | { kind: 'progress'; revision: bigint };
 
@@ -151,6 +152,7 @@ export class WatchStream {
       }
       yield {
         kind: 'events',
+        headerRevision: BigInt(res.header?.revision ?? '0'),
         events: rawEvents.map((e) => ({
           type: e.type.toUpperCase() === 'DELETE' ? 'delete' : 'put',
           key: e.kv.key,

@@ -14,7 +14,7 @@ import type { Scope } from '../scope.js';
 import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS, OpChunker, takeEventBatch } from './batch.js';
 import { LeaseMapper, leaseKeyPrefix } from './leases.js';
 import { AbortedError, delay, withRetry } from './retry.js';
-import { StandbyWriter } from './writer.js';
+import { StandbyWriter, type WriterHooks } from './writer.js';
 import { audit, repair, repairPlan } from './audit.js';
 import { SelfHealer } from './heal.js';
 import type { CheckReport } from '../diff/report.js';
@@ -48,8 +48,8 @@ export interface SyncOptions {
   checkIntervalMs?: number;
   /** First wait before restoring a synced key changed on the standby; undefined or negative = self-healing off. Default 1 s. */
   healDelayMs?: number;
-  /** Called for every key-value put into the standby (`--encryption-config` checks them). */
-  onPut?: (key: Buffer, value: Buffer) => void;
+  /** Called for every key-value put into the standby, and with each write txn's duration. */
+  writerHooks?: WriterHooks;
 }
 
 export interface Checkpoint {
@@ -95,6 +95,15 @@ export class SyncEngine {
   primaryClusterId = '';
   state: SyncState = 'starting';
   lastDiff: DiffStats | undefined;
+  /** The primary's revision as last seen (watch headers, progress, reads). */
+  primaryRevision = 0n;
+  /** Since when the standby has been behind the primary (ms since epoch); undefined when caught up. */
+  behindSince: number | undefined;
+  /** Events applied to the standby, by type (out-of-scope events not counted). */
+  readonly eventsApplied = { put: 0, delete: 0 };
+  /** Full resyncs by reason. */
+  readonly resyncs = new Map<string, number>();
+  watchRestarts = 0;
   /** The latest periodic check (with what it repaired). */
   lastCheck: CheckReport | undefined;
   healer: SelfHealer | undefined;
@@ -127,7 +136,23 @@ export class SyncEngine {
     this.progressIntervalMs = options.progressIntervalMs ?? 5_000;
     this.idleProgressMs = options.idleProgressMs ?? 5_000;
     this.leases = new LeaseMapper(primary, standby, leaseKeyPrefix(this.checkpointKey), log);
-    this.writer = new StandbyWriter(standby, this.leases, log, () => this.signal, options.onPut);
+    this.writer = new StandbyWriter(standby, this.leases, log, () => this.signal, options.writerHooks);
+  }
+
+  private countResync(reason: string): void {
+    this.resyncs.set(reason, (this.resyncs.get(reason) ?? 0) + 1);
+  }
+
+  /** Records the primary's revision and whether the standby has caught up with it. */
+  private notePrimary(revision: bigint): void {
+    if (revision > this.primaryRevision) this.primaryRevision = revision;
+    if (this.appliedRevision >= this.primaryRevision) this.behindSince = undefined;
+    else this.behindSince ??= Date.now();
+  }
+
+  /** Revisions the standby is behind the primary. */
+  get lagRevisions(): bigint {
+    return this.primaryRevision > this.appliedRevision ? this.primaryRevision - this.appliedRevision : 0n;
   }
 
   private setState(state: SyncState): void {
@@ -152,6 +177,7 @@ export class SyncEngine {
       const prune = this.options.prune ?? false;
       if (checkpoint && checkpoint.primaryClusterId !== this.primaryClusterId) {
         this.log.warn({ checkpointCluster: checkpoint.primaryClusterId, primaryCluster: this.primaryClusterId }, 'resync: checkpoint belongs to another primary cluster');
+        this.countResync('other-primary');
       } else if (checkpoint) {
         this.appliedRevision = checkpoint.revision;
         this.checkpointedRevision = checkpoint.revision;
@@ -161,6 +187,7 @@ export class SyncEngine {
         } catch (err) {
           if (!(err instanceof CompactedError)) throw err;
           this.log.warn({ checkpoint: checkpoint.revision.toString(), err: describeError(err) }, 'resync: checkpoint compacted on the primary');
+          this.countResync('checkpoint-compacted');
           revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
         }
       }
@@ -199,6 +226,7 @@ export class SyncEngine {
       } catch (err) {
         if (!(err instanceof CompactedError)) throw err;
         this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'resync: watch revision compacted');
+        this.countResync('watch-compacted');
         this.setState('resyncing');
         const revision = (await this.retry('read primary revision', () => readHeader(this.primary))).revision;
         await this.fullSync(revision, prune);
@@ -227,6 +255,12 @@ export class SyncEngine {
     const interval = this.options.checkIntervalMs ?? DEFAULT_CHECK_INTERVAL_MS;
     if (interval > 0) tasks.push(this.periodicChecks(interval, signal));
     await Promise.all(tasks);
+  }
+
+  /** A check now, without repair (for `/check` before the first periodic one). */
+  async checkNow(): Promise<CheckReport> {
+    const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: this.log, signal: this.signal, maxAttempts: 4 });
+    return audit(this.primary, this.standby, { scope: this.scope, checkpointKey: this.checkpointKey, pageSize: this.pageSize, retry, signal: this.signal });
   }
 
   private async periodicChecks(intervalMs: number, signal: AbortSignal): Promise<void> {
@@ -376,6 +410,7 @@ export class SyncEngine {
       await this.applyOps([], revision);
     }
     this.appliedRevision = revision;
+    this.notePrimary(revision);
     stats.durationMs = Date.now() - started;
     if (stats.surplus > surplusLogged) {
       this.log.info({ surplus: stats.surplus, listed: surplusLogged }, 'more surplus keys not listed');
@@ -416,6 +451,7 @@ export class SyncEngine {
         if (err instanceof CompactedError || err instanceof AbortedError) throw err;
         if (!(err as { retryable?: boolean }).retryable) throw err;
         this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'watch stream broke, resuming from applied revision');
+        this.watchRestarts++;
         await delay(500, this.signal);
       } finally {
         watch.close();
@@ -454,8 +490,11 @@ export class SyncEngine {
           if (message.kind === 'events') {
             queue.push(...message.events);
             lastEventAt = Date.now();
+            const last = message.events[message.events.length - 1];
+            this.notePrimary(last && last.modRevision > message.headerRevision ? last.modRevision : message.headerRevision);
           } else if (message.revision > progressRevision) {
             progressRevision = message.revision;
+            this.notePrimary(message.revision);
           }
           notify();
           while (queue.length > HIGH_WATER_EVENTS && !this.signal.aborted) {
@@ -494,6 +533,8 @@ export class SyncEngine {
             );
             await this.applyOps(batch.ops, batch.throughRevision);
             this.appliedRevision = batch.throughRevision > this.appliedRevision ? batch.throughRevision : this.appliedRevision;
+            for (const op of batch.ops) this.eventsApplied[op.type]++;
+            this.notePrimary(this.primaryRevision);
             queue.splice(0, batch.consumed);
             if (queue.length <= HIGH_WATER_EVENTS) drained?.();
             if (this.signal.aborted) return false;
@@ -509,6 +550,7 @@ export class SyncEngine {
           // Only writes outside the watched range (or none) happened up to progressRevision:
           // record it, so that a restart does not replay them or fall behind compaction.
           this.appliedRevision = until !== undefined && progressRevision > until ? until : progressRevision;
+          this.notePrimary(this.primaryRevision);
           await this.writeCheckpointIfBehind();
         }
         if (until !== undefined && this.appliedRevision >= until) return true;

@@ -12,6 +12,13 @@ import { withRetry } from './retry.js';
 /** How many of its own recent standby revisions the writer remembers. */
 const OWN_REVISIONS_KEPT = 100_000;
 
+export interface WriterHooks {
+  /** Every put that was written (e.g. to verify encrypted values). */
+  onPut?: (key: Buffer, value: Buffer) => void;
+  /** Seconds each write txn took, retries included. */
+  onTxn?: (seconds: number) => void;
+}
+
 export class StandbyWriter {
   private readonly ownRevisions = new Set<bigint>();
 
@@ -20,8 +27,7 @@ export class StandbyWriter {
     private readonly leases: LeaseMapper,
     private readonly log: Logger,
     private readonly signal: () => AbortSignal,
-    /** Called for every put that was written (e.g. to verify encrypted values). */
-    private readonly onPut?: (key: Buffer, value: Buffer) => void,
+    private readonly hooks: WriterHooks = {},
   ) {}
 
   private retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -50,7 +56,8 @@ export class StandbyWriter {
   async write(ops: WriteOp[], bookkeeping: WriteOp[] = [], compares: Compare[] = []): Promise<boolean> {
     const mapped = await this.mapLeases(ops);
     const held = await this.writeMapped(mapped, bookkeeping, compares);
-    if (held && this.onPut) for (const op of ops) if (op.type === 'put') this.onPut(op.key, op.value);
+    const onPut = this.hooks.onPut;
+    if (held && onPut) for (const op of ops) if (op.type === 'put') onPut(op.key, op.value);
     return held;
   }
 
@@ -68,7 +75,9 @@ export class StandbyWriter {
   }
 
   private async txn(ops: WriteOp[], compares: Compare[]): Promise<boolean> {
+    const started = performance.now();
     const result = await this.retry('write to standby', () => txn(this.standby, ops, compares));
+    this.hooks.onTxn?.((performance.now() - started) / 1000);
     if (result.succeeded) this.remember(result.header.revision);
     return result.succeeded;
   }

@@ -98,6 +98,8 @@ export interface CliProcess {
 }
 
 export function runCli(args: string[], env: Record<string, string> = {}): CliProcess {
+  // Parallel `run`s must not share the default port: an ephemeral one unless the test picks.
+  if (args[0] === 'run' && !args.includes('--http-address')) args = [...args, '--http-address', '127.0.0.1:0'];
   const child = spawn(process.execPath, [CLI, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { PATH: process.env.PATH ?? '', ...env },

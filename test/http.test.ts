@@ -1,0 +1,103 @@
+/** The Pod's HTTP surface of a real `etcd-sync run`: /healthz, /readyz, /metrics, /status, /check. */
+import type { Etcd3 } from 'etcd3';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { type EtcdServer, usePair } from './helpers/etcd.js';
+import { putMany, runCli, snapshot } from './helpers/sync.js';
+import { waitFor } from './helpers/wait.js';
+
+/** Prometheus text → `name{labels}` → value (the identity label dropped for brevity). */
+function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`not a metric line: ${line}`);
+    const labels = (m[2] ?? '').replace(/,?identity="[^"]*"/, '').replace(/^\{,/, '{').replace('{}', '');
+    out.set(`${m[1]}${labels}`, Number(m[3]));
+  }
+  return out;
+}
+
+describe('HTTP surface of run', () => {
+  let primary: EtcdServer;
+  let standby: EtcdServer;
+  let p: Etcd3;
+  let s: Etcd3;
+  const pair = usePair();
+  beforeAll(() => ({ primary, standby, p, s } = pair));
+
+  it('healthz, readyz flipping with the initial sync, metrics, status and check', async () => {
+    await putMany(p, [
+      ['/registry/pods/apps/a', 'a'],
+      ['/registry/pods/apps/b', 'b'],
+    ]);
+    await primary.stop(); // unreachable at start: alive, not ready
+    const cli = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--identity', 'sync-0', '--ready-max-lag', '0']);
+    try {
+      await cli.waitForLog('http listening');
+      const port = Number(/"address":"[^"]*:(\d+)"/.exec(cli.output())?.[1]);
+      const get = async (path: string): Promise<{ status: number; body: string }> => {
+        const res = await fetch(`http://127.0.0.1:${port}${path}`);
+        return { status: res.status, body: await res.text() };
+      };
+      expect(await get('/healthz')).toEqual({ status: 200, body: 'ok\n' });
+      await cli.waitForLog('connect to primary failed, retrying');
+      expect(await get('/readyz')).toEqual({ status: 503, body: 'not ready\n' });
+
+      await primary.launch();
+      await waitFor(async () => (await get('/readyz')).status === 200, { timeoutMs: 30_000, message: 'never ready' });
+      await p.put('/registry/pods/apps/c').value('c').exec();
+      await p.delete().key('/registry/pods/apps/a').exec();
+      await waitFor(async () => (await snapshot(s)).has('/registry/pods/apps/c') && !(await snapshot(s)).has('/registry/pods/apps/a'), { timeoutMs: 20_000 });
+
+      const rev = Number((await p.kv.range({ key: Buffer.from('x') })).header.revision);
+      await waitFor(async () => parseMetrics((await get('/metrics')).body).get('etcd_sync_applied_revision') === rev, { timeoutMs: 20_000, message: 'applied revision never reached the primary' });
+      const metrics = parseMetrics((await get('/metrics')).body);
+      expect(metrics.get('etcd_sync_primary_revision')).toBe(rev);
+      expect(metrics.get('etcd_sync_lag_revisions')).toBe(0);
+      expect(metrics.get('etcd_sync_lag_seconds')).toBe(0);
+      expect(metrics.get('etcd_sync_events_applied_total{type="put"}')).toBe(1);
+      expect(metrics.get('etcd_sync_events_applied_total{type="delete"}')).toBe(1);
+      expect(metrics.get('etcd_sync_leader')).toBe(1);
+      expect(metrics.get('etcd_sync_state{state="streaming"}')).toBe(1);
+      expect(metrics.get('etcd_sync_state{state="initial-sync"}')).toBe(0);
+      expect(metrics.get('etcd_sync_txn_duration_seconds_count')).toBeGreaterThanOrEqual(3);
+      expect(metrics.get('etcd_sync_watch_restarts_total')).toBe(0);
+      expect(metrics.get('etcd_sync_self_heals_total')).toBe(0);
+      expect(metrics.get('etcd_sync_unreadable_encrypted_values')).toBe(0);
+      expect(metrics.get('etcd_sync_check_keys{kind="missing"}')).toBe(0);
+      expect(metrics.has('process_cpu_user_seconds_total')).toBe(true);
+      expect((await get('/metrics')).body).toContain('identity="sync-0"');
+
+      const status = JSON.parse((await get('/status')).body);
+      expect(status).toEqual({ identity: 'sync-0', role: 'leader', state: 'streaming', appliedRevision: rev, primaryRevision: rev, lagRevisions: 0, lastCheck: null });
+
+      // /check answers like `etcd-sync check --output json`.
+      await s.put('/registry/secrets/apps/only-standby').value('x').exec();
+      const fromHttp = JSON.parse((await get('/check')).body);
+      const fromCli = runCli(['check', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--output', 'json']);
+      await fromCli.exited;
+      const cliReport = JSON.parse(fromCli.stdout());
+      expect(fromHttp).toEqual({ ...cliReport, primaryRevision: fromHttp.primaryRevision, standbyRevision: fromHttp.standbyRevision });
+      expect(fromHttp).toMatchObject({ consistent: false, counts: { inScope: 2, missing: 0, surplus: 1, different: 0 }, surplus: ['/registry/secrets/apps/only-standby'] });
+      expect((await get('/nope')).status).toBe(404);
+    } finally {
+      cli.child.kill('SIGTERM');
+      expect((await cli.exited).code).toBe(0);
+    }
+  });
+
+  it('a busy --http-address is a clear error, exit 2', async () => {
+    const first = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--http-address', '127.0.0.1:0']);
+    try {
+      await first.waitForLog('http listening');
+      const port = /"address":"[^"]*:(\d+)"/.exec(first.output())?.[1];
+      const second = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--http-address', `127.0.0.1:${port}`]);
+      expect((await second.exited).code).toBe(2);
+      expect(second.output()).toContain(`etcd-sync: --http-address 127.0.0.1:${port}: address already in use`);
+    } finally {
+      first.child.kill('SIGTERM');
+      await first.exited;
+    }
+  });
+});
