@@ -7,7 +7,8 @@ import { CommanderError } from 'commander';
 import { hostname } from 'node:os';
 import { createInterface } from 'node:readline/promises';
 import { runCheck } from '../src/cli/check.js';
-import { checkConfig, mergeConfig, runConfig, verifyConfig } from '../src/cli/config.js';
+import { checkConfig, controlConfig, mergeConfig, runConfig, verifyConfig } from '../src/cli/config.js';
+import { runControl } from '../src/cli/control.js';
 import { runMerge, runVerify } from '../src/cli/encryption.js';
 import { buildProgram } from '../src/cli/program.js';
 import { runSync } from '../src/cli/run.js';
@@ -80,6 +81,10 @@ const program = buildProgram(process.env, async ({ name, options }) => {
     const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name });
     const io = { log, out: (text: string) => process.stdout.write(text), warn: (line: string) => process.stderr.write(`etcd-sync: ${line}\n`) };
     exitCode = name === 'encryption merge' ? await runMerge(mergeConfig(options), io) : await runVerify(verifyConfig(options), io);
+  }
+  if (name === 'pause' || name === 'resume' || name === 'promote' || name === 'unfence' || name === 'status') {
+    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name });
+    exitCode = await runControl(controlConfig(name, options), { log, out: (text) => process.stdout.write(text), actor: `${process.env.USER ?? 'unknown'}@${hostname()}` });
   }
   if (name === 'run') {
     // The Pod name (Downward API) or the hostname, unless --identity says otherwise.

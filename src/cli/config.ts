@@ -4,6 +4,7 @@ import { ConfigError } from '../errors.js';
 import type { EtcdSideConfig } from '../etcd/connection.js';
 import { type ScopeRules, startsWith } from '../scope.js';
 import type { MergeConfig, VerifyConfig } from './encryption.js';
+import type { ControlConfig } from './control.js';
 
 export interface RunConfig {
   primary: EtcdSideConfig;
@@ -25,6 +26,7 @@ export interface RunConfig {
   httpAddress?: string;
   identity: string;
   readyMaxLag: number;
+  leaseTtlSeconds: number;
 }
 
 export interface CheckConfig {
@@ -179,6 +181,7 @@ export function runConfig(options: Options): RunConfig {
     ...httpConfig(options),
     identity: str(options, 'identity') ?? 'etcd-sync',
     readyMaxLag: Number(options.readyMaxLag ?? 1000),
+    leaseTtlSeconds: Number(options.leaseTtl ?? 15),
   };
 }
 
@@ -231,4 +234,17 @@ function httpConfig(options: Options): { httpAddress?: string } {
     throw new ConfigError(`--http-address must be host:port (or "off"), got '${address}'`);
   }
   return { httpAddress: address };
+}
+
+export function controlConfig(command: ControlConfig['command'], options: Options): ControlConfig {
+  const checkpointKey = Buffer.from(str(options, 'checkpointKey') ?? '/etcd-sync/checkpoint');
+  return {
+    command,
+    standby: sideConfig(options, 'standby'),
+    ...(str(options, 'primaryEndpoints') ? { primary: sideConfig(options, 'primary') } : {}),
+    checkpointKey,
+    scope: command === 'promote' ? scopeConfig(options).scope : { keyPrefix: Buffer.from('/registry/'), excludeNamespaces: new Set(), excludePrefixes: [] },
+    force: options.force === true,
+    output: options.output === 'json' ? 'json' : 'text',
+  };
 }

@@ -114,6 +114,7 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unk
     .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'))
     .addOption(new Option('--check-interval <duration>', 'periodic consistency check and repair; 0 turns it off').argParser(parseDuration('--check-interval')).default(DEFAULT_CHECK_INTERVAL_MS, '10m'))
     .addOption(new Option('--http-address <host:port>', 'serve /metrics, /healthz, /readyz, /status, /check here; "off" for none').default(DEFAULT_HTTP_ADDRESS))
+    .addOption(new Option('--lease-ttl <seconds>', 'leadership lease; when the leader dies another replica takes over within it').argParser(positiveInt('--lease-ttl')).default(15))
     .addOption(new Option('--identity <name>', 'this replica in /status, metrics and logs (default: $POD_NAME, else the hostname)'))
     .addOption(new Option('--ready-max-lag <revisions>', '/readyz is ready once the initial sync is done and the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(1000))
     .addOption(new Option('--encryption-config <file>', "the standby's EncryptionConfiguration: check that every encrypted value written is readable there"))
@@ -161,6 +162,25 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unk
   addLogOptions(verify, 'warn');
   encryption.addCommand(verify);
   program.addCommand(encryption);
+
+  const controls: [string, string][] = [
+    ['pause', 'the leader stops applying, keeping its place in the primary history (state paused)'],
+    ['resume', 'the leader picks up where it stopped'],
+    ['promote', 'failover: final check (refuses when inconsistent, unless --force), then fence this etcd against every etcd-sync writer'],
+    ['unfence', 'lift the fence that promote wrote'],
+    ['status', 'leader identity, state, checkpoint revision, and with --primary-endpoints the lag'],
+  ];
+  for (const [name, description] of controls) {
+    const cmd = new Command(name).description(description);
+    addConnectionOptions(cmd, 'standby');
+    if (name === 'promote' || name === 'status') addConnectionOptions(cmd, 'primary');
+    if (name === 'promote') cmd.addOption(new Option('--force', 'promote even when the final check fails or cannot run (primary lost)'));
+    if (name === 'status') cmd.addOption(new Option('--output <format>', 'output format').choices(['text', 'json']).default('text'));
+    if (name === 'promote') addScopeOptions(cmd);
+    else cmd.addOption(new Option('--checkpoint-key <key>', 'where etcd-sync records its progress in the standby').default(DEFAULT_CHECKPOINT_KEY));
+    addLogOptions(cmd, 'warn');
+    program.addCommand(cmd);
+  }
 
   const wire = (cmd: Command, path: string): void => {
     cmd.exitOverride();

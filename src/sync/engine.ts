@@ -5,7 +5,7 @@
  */
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import { CompactedError, ConfigError, describeError } from '../errors.js';
+import { CompactedError, ConfigError, FencedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
 import { DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, readHeader, readKey, scanPages, txn } from '../etcd/kv.js';
 import { type WatchEvent, WatchStream } from '../etcd/watch.js';
@@ -257,12 +257,6 @@ export class SyncEngine {
     await Promise.all(tasks);
   }
 
-  /** A check now, without repair (for `/check` before the first periodic one). */
-  async checkNow(): Promise<CheckReport> {
-    const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: this.log, signal: this.signal, maxAttempts: 4 });
-    return audit(this.primary, this.standby, { scope: this.scope, checkpointKey: this.checkpointKey, pageSize: this.pageSize, retry, signal: this.signal });
-  }
-
   private async periodicChecks(intervalMs: number, signal: AbortSignal): Promise<void> {
     const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: this.log, signal });
     while (await delay(intervalMs, signal)) {
@@ -463,10 +457,11 @@ export class SyncEngine {
   private async writeCheckpointIfBehind(): Promise<void> {
     if (this.appliedRevision > this.checkpointedRevision) {
       try {
-        await txn(this.standby, [this.checkpointOp(this.appliedRevision)]);
+        await this.writer.write([], [this.checkpointOp(this.appliedRevision)]);
         this.checkpointedRevision = this.appliedRevision;
       } catch (err) {
-        this.log.warn({ err: describeError(err) }, 'could not record the final checkpoint');
+        if (err instanceof FencedError) throw err;
+        this.log.warn({ err: describeError(err) }, 'could not record the checkpoint');
       }
     }
   }

@@ -12,7 +12,15 @@ import { withRetry } from './retry.js';
 /** How many of its own recent standby revisions the writer remembers. */
 const OWN_REVISIONS_KEPT = 100_000;
 
+/** What makes a write allowed (leadership, no promote fence); carried by every txn. */
+export interface Fence {
+  compares(): Compare[];
+  /** After a txn whose compares failed: throws FencedError when the fence is what failed. */
+  verify(): Promise<void>;
+}
+
 export interface WriterHooks {
+  fence?: Fence;
   /** Every put that was written (e.g. to verify encrypted values). */
   onPut?: (key: Buffer, value: Buffer) => void;
   /** Seconds each write txn took, retries included. */
@@ -75,10 +83,13 @@ export class StandbyWriter {
   }
 
   private async txn(ops: WriteOp[], compares: Compare[]): Promise<boolean> {
+    const fence = this.hooks.fence;
+    const all = fence ? [...compares, ...fence.compares()] : compares;
     const started = performance.now();
-    const result = await this.retry('write to standby', () => txn(this.standby, ops, compares));
+    const result = await this.retry('write to standby', () => txn(this.standby, ops, all));
     this.hooks.onTxn?.((performance.now() - started) / 1000);
     if (result.succeeded) this.remember(result.header.revision);
+    else if (fence) await fence.verify();
     return result.succeeded;
   }
 
