@@ -1,0 +1,106 @@
+/** deploy/ cannot drift from the code: manifests parse, their args pass the CLI's parser, the dashboard's metrics exist, the package installs. */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { describe, expect, it } from 'vitest';
+import { parseEndpoints, scopeConfig } from '../src/cli/config.js';
+import { buildProgram } from '../src/cli/program.js';
+import { DEFAULT_HTTP_ADDRESS } from '../src/http.js';
+import { SyncMetrics } from '../src/metrics.js';
+
+type Doc = { kind: string; metadata: { name: string }; spec?: any; data?: Record<string, string> };
+const dir = 'deploy/kubernetes';
+const docs: Doc[] = readdirSync(dir)
+  .filter((f) => f.endsWith('.yaml'))
+  .flatMap((f) =>
+    parseAllDocuments(readFileSync(path.join(dir, f), 'utf8')).map((d) => {
+      if (d.errors.length > 0) throw new Error(`${f}: ${d.errors[0]?.message}`);
+      return d.toJS() as Doc;
+    }),
+  );
+const configMap = docs.find((d) => d.kind === 'ConfigMap')!;
+
+async function parse(args: string[], env: Record<string, string>): Promise<{ name: string; options: Record<string, unknown> }> {
+  let parsed: { name: string; options: Record<string, unknown> } | undefined;
+  const program = buildProgram(env, (p) => {
+    parsed = p;
+  });
+  await program.parseAsync(['node', 'etcd-sync', ...args]);
+  if (!parsed) throw new Error(`no command ran for ${args.join(' ')}`);
+  return parsed;
+}
+
+describe('deploy/', () => {
+  it('every manifest parses into the expected objects', () => {
+    expect(docs.map((d) => `${d.kind}/${d.metadata.name}`).sort()).toEqual([
+      'ConfigMap/etcd-sync',
+      'CronJob/etcd-sync-check',
+      'Deployment/etcd-sync',
+      'Namespace/etcd-sync',
+      'Service/etcd-sync',
+      'ServiceMonitor/etcd-sync',
+    ]);
+  });
+
+  it("the Deployment's and the CronJob's args and ConfigMap environment pass the CLI's own parser and validation", async () => {
+    const deployment = docs.find((d) => d.kind === 'Deployment')!;
+    const cronJob = docs.find((d) => d.kind === 'CronJob')!;
+    const containers = [
+      ...deployment.spec.template.spec.containers,
+      ...cronJob.spec.jobTemplate.spec.template.spec.containers,
+    ] as { args: string[]; envFrom: unknown[] }[];
+    expect(containers).toHaveLength(2);
+    const env = configMap.data!;
+    for (const name of Object.keys(env)) expect(name).toMatch(/^ETCD_SYNC_[A-Z_]+$/);
+    const names: string[] = [];
+    for (const container of containers) {
+      expect(container.envFrom).toEqual([{ configMapRef: { name: 'etcd-sync' } }]);
+      const { name, options } = await parse(container.args, env);
+      names.push(name);
+      // Validation that reads no files: endpoints, scope.
+      parseEndpoints('--primary-endpoints', String(options.primaryEndpoints));
+      parseEndpoints('--standby-endpoints', String(options.standbyEndpoints));
+      const { scope } = scopeConfig(options);
+      expect([...scope.excludeNamespaces]).toEqual(['kube-system', 'kube-public', 'kube-node-lease', 'etcd-sync']);
+      expect(options.primaryCacert).toBe('/etc/etcd-sync/primary/ca.crt');
+    }
+    expect(names).toEqual(['run', 'check']);
+    const run = await parse(containers[0]!.args, env);
+    expect(run.options).toMatchObject({ checkInterval: 600_000, leaseTtl: 15, logLevel: 'info', httpAddress: DEFAULT_HTTP_ADDRESS });
+    // The probes and the Service point at what the server serves.
+    const probes = deployment.spec.template.spec.containers[0];
+    expect([probes.livenessProbe.httpGet.path, probes.readinessProbe.httpGet.path]).toEqual(['/healthz', '/readyz']);
+    expect(probes.ports).toEqual([{ name: 'http', containerPort: Number(DEFAULT_HTTP_ADDRESS.split(':')[1]) }]);
+    // A drifted flag is caught: the same parse with an unknown flag fails.
+    await expect(parse([...containers[0]!.args, '--no-such-flag'], env)).rejects.toThrow("unknown option '--no-such-flag'");
+  });
+
+  it('the Grafana dashboard queries only metrics that /metrics exposes', async () => {
+    const dashboard = JSON.parse(readFileSync('deploy/grafana-dashboard.json', 'utf8')) as { panels: { targets: { expr: string }[] }[] };
+    const used = new Set(dashboard.panels.flatMap((p) => p.targets.flatMap((t) => t.expr.match(/etcd_sync_[a-z_]+/g) ?? [])));
+    const metrics = new SyncMetrics({ engine: () => undefined, identity: 'x', isLeader: () => false, state: () => 'follower', unreadableEncryptedValues: () => 0 });
+    const exposed = new Set((await metrics.registry.getMetricsAsJSON()).flatMap((m) => [m.name, `${m.name}_bucket`, `${m.name}_count`, `${m.name}_sum`]));
+    expect([...used].filter((m) => !exposed.has(m))).toEqual([]);
+    expect(used.size).toBeGreaterThanOrEqual(12);
+  });
+
+  it('npm pack holds what the image needs, and the packed bin installed in a clean folder answers --help', () => {
+    const out = mkdtempSync(path.join(os.tmpdir(), 'etcd-sync-pack-'));
+    const [pack] = JSON.parse(execFileSync('npm', ['pack', '--json', '--pack-destination', out], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })) as {
+      filename: string;
+      files: { path: string }[];
+    }[];
+    const files = pack!.files.map((f) => f.path);
+    for (const needed of ['package.json', 'README.md', 'dist/bin/etcd-sync.js', 'dist/src/cli/run.js', 'dist/src/sync/engine.js', 'dist/src/encryption/decrypt.js']) {
+      expect(files).toContain(needed);
+    }
+    expect(files.filter((f) => f.startsWith('test/') || f.startsWith('src/') || f.endsWith('.ts'))).toEqual([]);
+    const app = mkdtempSync(path.join(os.tmpdir(), 'etcd-sync-install-'));
+    execFileSync('npm', ['init', '-y'], { cwd: app, stdio: 'ignore' });
+    execFileSync('npm', ['install', '--omit=dev', '--no-audit', '--no-fund', path.join(out, pack!.filename)], { cwd: app, stdio: 'ignore' });
+    const help = execFileSync(path.join(app, 'node_modules/.bin/etcd-sync'), ['--help'], { encoding: 'utf8' });
+    for (const command of ['run', 'check', 'encryption', 'pause', 'resume', 'promote', 'unfence', 'status']) expect(help).toMatch(new RegExp(`\\n  ${command}\\b`));
+  }, 180_000);
+});
