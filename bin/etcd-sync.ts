@@ -70,7 +70,7 @@ let exitCode = 0;
 const program = buildProgram(process.env, async ({ name, options }) => {
   if (name === 'check') {
     const config = checkConfig(options);
-    const log = createLogger(config.logLevel, { cmd: 'check' });
+    const log = createLogger(config.logLevel, { cmd: 'check' }, process.stderr.isTTY);
     exitCode = await runCheck(config, {
       log,
       out: (text) => process.stdout.write(text),
@@ -78,18 +78,18 @@ const program = buildProgram(process.env, async ({ name, options }) => {
     });
   }
   if (name === 'encryption merge' || name === 'encryption verify') {
-    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name });
+    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name }, process.stderr.isTTY);
     const io = { log, out: (text: string) => process.stdout.write(text), warn: (line: string) => process.stderr.write(`etcd-sync: ${line}\n`) };
     exitCode = name === 'encryption merge' ? await runMerge(mergeConfig(options), io) : await runVerify(verifyConfig(options), io);
   }
   if (name === 'pause' || name === 'resume' || name === 'promote' || name === 'unfence' || name === 'status') {
-    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name });
+    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name }, process.stderr.isTTY);
     exitCode = await runControl(controlConfig(name, options), { log, out: (text) => process.stdout.write(text), actor: `${process.env.USER ?? 'unknown'}@${hostname()}` });
   }
   if (name === 'run') {
     // The Pod name (Downward API) or the hostname, unless --identity says otherwise.
     const config = runConfig({ identity: process.env.POD_NAME || hostname(), ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) });
-    const log = createLogger(config.logLevel, { cmd: 'run' });
+    const log = createLogger(config.logLevel, { cmd: 'run' }, process.stderr.isTTY);
     process.once('SIGTERM', () => log.info('SIGTERM: finishing the transaction in flight'));
     process.once('SIGINT', () => log.info('SIGINT: finishing the transaction in flight'));
     const endProgressLine = (): void => {

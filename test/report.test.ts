@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type CheckReport, formatText, groupOf, keyText, toJson } from '../src/diff/report.js';
+import { prettyLine } from '../src/log.js';
 
 const prefix = Buffer.from('/registry/');
 
@@ -72,5 +73,21 @@ describe('report output', () => {
         '',
       ].join('\n'),
     );
+  });
+});
+
+describe('pretty log lines (terminal only)', () => {
+  it.each([
+    [
+      '{"level":"info","time":"2026-11-21T06:44:19.009Z","cmd":"run","address":"127.0.0.1:35539","msg":"http listening"}',
+      '06:44:19 INFO  http listening address=127.0.0.1:35539',
+    ],
+    [
+      '{"level":"warn","time":"2026-11-21T06:44:20.000Z","attempt":2,"err":"primary etcd: unreachable: x y","msg":"connect to primary failed, retrying"}',
+      '06:44:20 WARN  connect to primary failed, retrying attempt=2 err="primary etcd: unreachable: x y"',
+    ],
+    ['not json', 'not json'],
+  ])('%s', (line, pretty) => {
+    expect(prettyLine(line)).toBe(pretty);
   });
 });
