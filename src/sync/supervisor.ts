@@ -103,6 +103,11 @@ export class Supervisor {
 
   /** One attempt to take the election key; undefined when another replica holds it. */
   private async campaign(signal: AbortSignal): Promise<{ lease: string; createRevision: bigint } | undefined> {
+    // Followers only read while a leader holds the key: no lease grant or txn per poll.
+    if (await this.retry('read leader', () => readKey(this.standby, this.options.keys.leader), signal)) {
+      await delay(this.pollMs, signal);
+      return undefined;
+    }
     const lease = await this.retry('grant leadership lease', () => leaseGrant(this.standby, this.ttl), signal);
     const won = await this.retry(
       'campaign',
