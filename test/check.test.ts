@@ -2,7 +2,8 @@
 import { spawn } from 'node:child_process';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, usePair } from './helpers/etcd.js';
+import type { EtcdServer } from './helpers/etcd.js';
+import { usePair } from './helpers/pair.js';
 import { CLI, putMany, runCli, snapshot, startEngine } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 

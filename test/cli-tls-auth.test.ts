@@ -3,7 +3,8 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, usePair } from './helpers/etcd.js';
+import type { EtcdServer } from './helpers/etcd.js';
+import { usePair } from './helpers/pair.js';
 import { makeTls } from './helpers/tls.js';
 import { putMany, runCli, waitInSync } from './helpers/sync.js';
 

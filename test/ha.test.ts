@@ -1,7 +1,8 @@
 /** Replicas of `etcd-sync run`: one writer, failover, fencing, a leader cut off, pause/resume, promote/unfence. */
 import type { Etcd3 } from 'etcd3';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, usePair } from './helpers/etcd.js';
+import type { EtcdServer } from './helpers/etcd.js';
+import { usePair } from './helpers/pair.js';
 import { type CliProcess, runCli, snapshot, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 

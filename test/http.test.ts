@@ -1,7 +1,8 @@
 /** The Pod's HTTP surface of a real `etcd-sync run`: /healthz, /readyz, /metrics, /status, /check. */
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, usePair } from './helpers/etcd.js';
+import type { EtcdServer } from './helpers/etcd.js';
+import { usePair } from './helpers/pair.js';
 import { putMany, runCli, snapshot } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 

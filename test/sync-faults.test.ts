@@ -1,7 +1,8 @@
 /** Each etcd restarted under load, and an etcd unreachable at start: nothing lost once it is back. */
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, usePair } from './helpers/etcd.js';
+import type { EtcdServer } from './helpers/etcd.js';
+import { usePair } from './helpers/pair.js';
 import { type RunningEngine, inScope, runCli, startEngine, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 

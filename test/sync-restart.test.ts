@@ -1,7 +1,8 @@
 /** Restarts of the real CLI process: kill -9 mid initial sync and mid stream, SIGTERM, compaction while stopped. */
 import type { Etcd3 } from 'etcd3';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, usePair } from './helpers/etcd.js';
+import type { EtcdServer } from './helpers/etcd.js';
+import { usePair } from './helpers/pair.js';
 import { type CliProcess, inScope, putMany, runCli, snapshot, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 

@@ -5,7 +5,6 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Etcd3 } from 'etcd3';
-import { afterAll, beforeAll } from 'vitest';
 import type { EtcdSideConfig } from '../../src/etcd/connection.js';
 import { waitFor } from './wait.js';
 import type { TlsFiles } from './tls.js';
@@ -190,30 +189,4 @@ export async function startPair(options: { tls?: TlsFiles; rootPassword?: string
     EtcdServer.start({ ...options, name: 'standby' }),
   ]);
   return { primary, standby };
-}
-
-export interface Pair {
-  primary: EtcdServer;
-  standby: EtcdServer;
-  /** Root clients for seeding and inspecting each side. */
-  p: Etcd3;
-  s: Etcd3;
-}
-
-/**
- * A primary/standby pair for the whole test file: started before its tests, with a client to
- * each side, stopped and removed after them. Read the fields inside hooks and tests.
- */
-export function usePair(options: { tls?: TlsFiles; rootPassword?: string } = {}): Pair {
-  const pair = {} as Pair;
-  beforeAll(async () => {
-    const started = await startPair(options);
-    Object.assign(pair, started, { p: started.primary.client(), s: started.standby.client() });
-  });
-  afterAll(async () => {
-    pair.p?.close();
-    pair.s?.close();
-    await Promise.all([pair.primary?.destroy(), pair.standby?.destroy()]);
-  });
-  return pair;
 }
