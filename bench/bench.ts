@@ -12,16 +12,12 @@ import type { Etcd3 } from 'etcd3';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
+import { batchedWrite, benchKey, optionValue } from './load.js';
 
-const arg = (name: string, fallback: number): number => {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
-};
-const KEYS = arg('--keys', 100_000);
-const STREAM = arg('--stream', Math.min(KEYS, 20_000));
-const VALUE = Buffer.alloc(1024, 0x61);
+const KEYS = Number(optionValue('--keys', '100000'));
+const STREAM = Number(optionValue('--stream', String(Math.min(KEYS, 20_000))));
 const ETCDCTL = process.env.ETCDCTL_BIN ?? path.join(path.dirname(process.env.ETCD_BIN ?? '.tools/etcd-3.5/usr/bin/etcd'), 'etcdctl');
-const key = (i: number): string => `/registry/configmaps/ns-${i % 100}/cm-${String(i).padStart(8, '0')}`;
+const key = benchKey;
 
 async function count(client: Etcd3): Promise<number> {
   const res = await client.kv.range({ key: Buffer.from('/registry/'), range_end: Buffer.from('/registry0'), count_only: true });
@@ -30,21 +26,6 @@ async function count(client: Etcd3): Promise<number> {
 
 async function revision(client: Etcd3): Promise<number> {
   return Number((await client.kv.range({ key: Buffer.from('x') })).header.revision);
-}
-
-/** Batched puts, 127 per txn, 4 txns in flight: the write ceiling. */
-async function batchedWrite(client: Etcd3, from: number, to: number, value = VALUE): Promise<void> {
-  let next = from;
-  const worker = async (): Promise<void> => {
-    while (next < to) {
-      const start = next;
-      next = Math.min(to, next + 127);
-      const ops = [];
-      for (let i = start; i < next; i++) ops.push({ request_put: { key: Buffer.from(key(i)), value } });
-      await client.kv.txn({ compare: [], success: ops, failure: [] } as never);
-    }
-  };
-  await Promise.all([worker(), worker(), worker(), worker()]);
 }
 
 function peakRssMb(child: ChildProcess): number {

@@ -39,16 +39,26 @@ export type ScopeDecision = 'in-scope' | 'outside-prefix' | 'excluded-prefix' | 
  * Kubernetes object key (then no namespace can be told, and the key is copied as is).
  */
 export function parseKubernetesKey(rest: string): ParsedKey | undefined {
-  const segments = rest.split('/');
-  if (segments.some((s) => s.length === 0)) return undefined;
-  let resourceLength = 1;
-  const first = segments[0] ?? '';
-  if (first.includes('.')) resourceLength = 2;
-  else if (segments.length >= 2 && TWO_SEGMENT_RESOURCES.has(`${first}/${segments[1]}`)) resourceLength = 2;
-  const resource = segments.slice(0, resourceLength).join('/');
-  const tail = segments.slice(resourceLength);
-  if (tail.length === 1) return { resource, name: tail[0] as string };
-  if (tail.length === 2) return { resource, namespace: tail[0] as string, name: tail[1] as string };
+  // Runs for every key of every scan: slash positions instead of split/slice/join.
+  const segments: string[] = [];
+  let start = 0;
+  for (;;) {
+    const slash = rest.indexOf('/', start);
+    const end = slash < 0 ? rest.length : slash;
+    if (end === start) return undefined; // an empty segment
+    segments.push(rest.slice(start, end));
+    if (slash < 0) break;
+    if (segments.length === 4) return undefined; // at most resource (2) + namespace + name
+    start = slash + 1;
+  }
+  const first = segments[0] as string;
+  const second = segments[1];
+  const twoSegments = first.includes('.') || (second !== undefined && TWO_SEGMENT_RESOURCES.has(`${first}/${second}`));
+  const resource = twoSegments ? `${first}/${second ?? ''}` : first;
+  const tail = segments.length - (twoSegments ? 2 : 1);
+  const at = twoSegments ? 2 : 1;
+  if (tail === 1) return { resource, name: segments[at] as string };
+  if (tail === 2) return { resource, namespace: segments[at] as string, name: segments[at + 1] as string };
   return undefined;
 }
 

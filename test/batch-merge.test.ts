@@ -76,7 +76,7 @@ describe('mergeJoin', () => {
   }
   const run = async (p: KeyValue[][], s: KeyValue[][]): Promise<string[]> => {
     const out: string[] = [];
-    for await (const f of mergeJoin(pages(...p), pages(...s), (a, b) => a.value.equals(b.value))) out.push(describe(f));
+    for await (const batch of mergeJoin(pages(...p), pages(...s), (a, b) => a.value.equals(b.value))) for (const f of batch) out.push(describe(f));
     return out;
   };
   const describe = (f: Finding): string =>
@@ -98,5 +98,39 @@ describe('mergeJoin', () => {
     const hi = Buffer.from([0x2f, 0xff]);
     const lo = Buffer.from([0x2f, 0x01]);
     expect(await run([[kv(lo, 'x'), kv(hi, 'y')]], [[kv(hi, 'y')]])).toEqual([`missing ${lo.toString('latin1')}`, `equal ${hi.toString('latin1')}`]);
+  });
+  it('matches a map-based reference on random keyspaces cut into random pages (empty pages included)', async () => {
+    // A seeded generator: the same cases on every run.
+    let seed = 42;
+    const random = (n: number): number => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+      return seed % n;
+    };
+    const split = (kvs: KeyValue[]): KeyValue[][] => {
+      const out: KeyValue[][] = [];
+      for (let i = 0; i < kvs.length; ) {
+        const size = random(4); // 0 to 3 keys: empty pages too
+        out.push(kvs.slice(i, i + size));
+        i += size;
+      }
+      return out;
+    };
+    for (let round = 0; round < 200; round++) {
+      const primary = new Map<string, string>();
+      const standby = new Map<string, string>();
+      for (let i = 0; i < 30; i++) {
+        const key = `/k${String(random(40)).padStart(2, '0')}`;
+        const where = random(3);
+        if (where !== 1) primary.set(key, String(random(2)));
+        if (where !== 0) standby.set(key, String(random(2)));
+      }
+      const sorted = (m: Map<string, string>): KeyValue[] => [...m.keys()].sort().map((k) => kv(k, m.get(k) as string));
+      const expected = [...new Set([...primary.keys(), ...standby.keys()])].sort().map((k) => {
+        const a = primary.get(k);
+        const b = standby.get(k);
+        return `${a === undefined ? 'surplus' : b === undefined ? 'missing' : a === b ? 'equal' : 'different'} ${k}`;
+      });
+      expect(await run(split(sorted(primary)), split(sorted(standby)))).toEqual(expected);
+    }
   });
 });

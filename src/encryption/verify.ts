@@ -75,8 +75,8 @@ export async function verifySide(
       report.total[field]++;
       (report.byKeyName[keyName] ??= emptyTally())[field]++;
       (report.byResource[resource] ??= emptyTally())[field]++;
-      if (verdict.status === 'unreadable') report.unreadable.push(kv.key);
-      if (verdict.status === 'unknown-key') report.unknownKey.push(kv.key);
+      if (verdict.status === 'unreadable') report.unreadable.push(Buffer.from(kv.key));
+      if (verdict.status === 'unknown-key') report.unknownKey.push(Buffer.from(kv.key));
     }
   }
   return report;

@@ -1,9 +1,10 @@
 /**
- * The only place that opens connections to etcd. Unary calls (range, txn, lease grant)
- * go through the etcd3 client with its own retries and circuit breaker switched off,
- * so that etcd-sync's retry loop (which reads `retryable` on typed errors) is the one
- * that decides. Streams (watch, lease keep-alive) use raw grpc-js clients on the same
- * proto, because etcd3's Watcher loses events on reconnect.
+ * The only place that opens connections to etcd. Range and Txn, the calls that carry the
+ * data, go over a raw grpc-js channel with etcd-sync's own protobuf codec (codec.ts).
+ * Lease calls go through the etcd3 client with its own retries and circuit breaker
+ * switched off, so that etcd-sync's retry loop (which reads `retryable` on typed errors)
+ * is the one that decides. Streams (watch, lease keep-alive) use raw grpc-js clients on
+ * etcd3's proto, because etcd3's Watcher loses events on reconnect.
  */
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -11,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
-import { fromGrpcError } from '../errors.js';
+import { AuthError, UnreachableError, fromGrpcError } from '../errors.js';
 
 export interface EtcdTls {
   /** PEM CA bundle to verify the server. */
@@ -80,6 +81,10 @@ export class EtcdSide {
   private readonly callTimeoutMs: number;
   private nextEndpoint = 0;
   private readonly rawClients: grpc.Client[] = [];
+  /** The channel Range and Txn go over, on one endpoint until that endpoint fails. */
+  private kvChannel: { client: grpc.Client; endpoint: string } | undefined;
+  private kvEndpoint = 0;
+  private token: Promise<string> | undefined;
 
   constructor(config: EtcdSideConfig, options: ConnectionOptions = {}) {
     this.name = config.name;
@@ -122,6 +127,58 @@ export class EtcdSide {
     } catch (err) {
       throw fromGrpcError(err, `${this.name} etcd (${this.endpoints.join(',')}) ${what}`);
     }
+  }
+
+  /**
+   * A KV call (`Range` or `Txn`) with a request encoded by codec.ts and a reply decoded by
+   * `decode`. An unreachable endpoint makes the next call use the next endpoint; an expired
+   * auth token is renewed once.
+   */
+  async kv<T>(what: string, method: 'Range' | 'Txn', request: Buffer, decode: (reply: Buffer) => T): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      const channel = this.currentKvChannel();
+      try {
+        const metadata = new grpc.Metadata();
+        if (this.auth) {
+          this.token ??= this.authenticate(channel.endpoint);
+          metadata.set('token', await this.token);
+        }
+        return await new Promise<T>((resolve, reject) => {
+          channel.client.makeUnaryRequest(
+            `/etcdserverpb.KV/${method}`,
+            (message: Buffer) => message,
+            decode,
+            request,
+            metadata,
+            { deadline: Date.now() + this.callTimeoutMs },
+            (err, reply) => (err ? reject(err) : resolve(reply as T)),
+          );
+        });
+      } catch (err) {
+        if (this.auth && attempt === 0 && /invalid auth token/i.test(String((err as Error)?.message))) {
+          this.token = undefined;
+          continue;
+        }
+        const typed = fromGrpcError(err, `${this.name} etcd (${channel.endpoint}) ${what}`);
+        if (typed instanceof UnreachableError && this.kvChannel === channel) {
+          this.kvChannel = undefined;
+          this.kvEndpoint++;
+          this.token = undefined;
+          channel.client.close();
+        }
+        // A failed or refused authentication is not cached: the next call authenticates again.
+        if (typed instanceof AuthError) this.token = undefined;
+        throw typed;
+      }
+    }
+  }
+
+  private currentKvChannel(): { client: grpc.Client; endpoint: string } {
+    if (this.kvChannel === undefined) {
+      const endpoint = this.endpoints[this.kvEndpoint % this.endpoints.length] as string;
+      this.kvChannel = { client: new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions), endpoint };
+    }
+    return this.kvChannel;
   }
 
   /** A raw grpc-js client on the next endpoint, and the metadata (auth token) to call it with. */
@@ -173,6 +230,8 @@ export class EtcdSide {
   }
 
   close(): void {
+    this.kvChannel?.client.close();
+    this.kvChannel = undefined;
     for (const client of this.rawClients.splice(0)) client.close();
     this.client.close();
   }

@@ -1,5 +1,6 @@
 /** Range, txn and status calls, in etcd-sync's own types (Buffers, bigint revisions). */
 import { TooLargeError } from '../errors.js';
+import { type TxnOp, decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from './codec.js';
 import type { EtcdSide } from './connection.js';
 
 export interface KeyValue {
@@ -28,35 +29,15 @@ export interface Header {
   clusterId: string;
 }
 
-interface RawKv {
-  key: Buffer;
-  value: Buffer;
-  mod_revision: string;
-  lease: string;
-}
-interface RawHeader {
-  revision: string;
-  cluster_id: string;
-}
-
-function header(raw: RawHeader | undefined): Header {
-  return { revision: BigInt(raw?.revision ?? '0'), clusterId: raw?.cluster_id ?? '0' };
-}
-
-function keyValue(raw: RawKv): KeyValue {
-  return { key: raw.key, value: raw.value, modRevision: BigInt(raw.mod_revision), lease: raw.lease || '0' };
-}
-
 /** Current revision and cluster ID of a side (a one-key count-only range). */
 export async function readHeader(side: EtcdSide): Promise<Header> {
-  const res = await side.call('status', (c) => c.kv.range({ key: Buffer.from([0]), count_only: true, limit: 1 }));
-  return header(res.header as unknown as RawHeader);
+  const res = await side.kv('status', 'Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true, limit: 1 }), decodeRangeResponse);
+  return res.header;
 }
 
 export async function readKey(side: EtcdSide, key: Buffer): Promise<KeyValue | undefined> {
-  const res = await side.call('get', (c) => c.kv.range({ key }));
-  const kv = (res.kvs as unknown as RawKv[])[0];
-  return kv === undefined ? undefined : keyValue(kv);
+  const res = await side.kv('get', 'Range', encodeRangeRequest({ key }), decodeRangeResponse);
+  return res.kvs[0];
 }
 
 export interface RangePage {
@@ -69,35 +50,44 @@ export async function rangePage(
   side: EtcdSide,
   request: { key: Buffer; rangeEnd: Buffer; limit: number; revision?: bigint; keysOnly?: boolean },
 ): Promise<RangePage> {
-  const res = await side.call(`range at revision ${request.revision ?? 'latest'}`, (c) =>
-    c.kv.range({
-      key: request.key,
-      range_end: request.rangeEnd,
-      limit: request.limit,
-      ...(request.revision !== undefined ? { revision: request.revision.toString() } : {}),
-      ...(request.keysOnly ? { keys_only: true } : {}),
-    }),
-  );
-  return {
-    kvs: (res.kvs as unknown as RawKv[]).map(keyValue),
-    more: res.more,
-    header: header(res.header as unknown as RawHeader),
-  };
+  const res = await side.kv(`range at revision ${request.revision ?? 'latest'}`, 'Range', encodeRangeRequest(request), decodeRangeResponse);
+  return { kvs: res.kvs, more: res.more, header: res.header };
 }
 
-export const DEFAULT_PAGE_SIZE = 1000;
+/** Most keys in one range page. */
+export const DEFAULT_PAGE_SIZE = 50_000;
+/** Keys of the first page, before the value sizes are known. */
+const FIRST_PAGE_SIZE = 1000;
+/** Payload (keys + values) a page aims at once the first page has shown the average size. */
+export const DEFAULT_PAGE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Keys to ask for in the next page: about `pageBytes` of payload at the average size of
+ * `page`, at most `maxKeys`. Large pages matter: etcd (3.4-3.6) counts every remaining key
+ * of the range on each limited request (etcd-io/etcd#16510), so a scan in pages of P keys
+ * costs the server N²/2P key visits; by bytes, memory stays bounded whatever the values.
+ */
+export function nextPageSize(page: readonly KeyValue[], pageBytes: number, maxKeys: number): number {
+  if (page.length === 0) return Math.min(maxKeys, FIRST_PAGE_SIZE);
+  let bytes = 0;
+  for (const kv of page) bytes += kv.key.length + kv.value.length;
+  const average = Math.max(1, bytes / page.length);
+  return Math.max(1, Math.min(maxKeys, Math.floor(pageBytes / average)));
+}
 
 /**
  * Reads [key, rangeEnd) in key order, one page at a time, so that memory is bounded by
- * a page. A page over the gRPC receive limit is asked again with half the limit. The
- * next page is requested while the caller works on the current one.
+ * two pages (see nextPageSize). A page over the gRPC receive limit is asked again with
+ * half the limit. The next page is requested while the caller works on the current one.
  */
 export async function* scanPages(
   side: EtcdSide,
-  request: { key: Buffer; rangeEnd: Buffer; revision?: bigint; pageSize?: number; signal?: AbortSignal },
+  request: { key: Buffer; rangeEnd: Buffer; revision?: bigint; pageSize?: number; pageBytes?: number; signal?: AbortSignal },
   retry: <T>(what: string, fn: () => Promise<T>) => Promise<T>,
 ): AsyncGenerator<KeyValue[]> {
-  let pageSize = request.pageSize ?? DEFAULT_PAGE_SIZE;
+  const maxKeys = request.pageSize ?? DEFAULT_PAGE_SIZE;
+  const pageBytes = request.pageBytes ?? DEFAULT_PAGE_BYTES;
+  let pageSize = nextPageSize([], pageBytes, maxKeys);
   const fetchPage = async (key: Buffer): Promise<RangePage> => {
     for (;;) {
       try {
@@ -119,6 +109,7 @@ export async function* scanPages(
     pending = undefined;
     const last = page.kvs[page.kvs.length - 1];
     if (page.more && last !== undefined) {
+      pageSize = nextPageSize(page.kvs, pageBytes, maxKeys);
       pending = fetchPage(Buffer.concat([last.key, Buffer.from([0])]));
       // Avoid an unhandled rejection if the consumer stops before awaiting it.
       pending.catch(() => undefined);
@@ -128,28 +119,10 @@ export async function* scanPages(
   }
 }
 
-function rawOp(op: WriteOp): object {
-  if (op.type === 'put') {
-    return { request_put: { key: op.key, value: op.value, ...(op.lease && op.lease !== '0' ? { lease: op.lease } : {}) } };
-  }
-  return { request_delete_range: { key: op.key } };
-}
-
-function rawCompare(c: Compare): object {
-  const out: Record<string, unknown> = { key: c.key, target: c.target, result: c.result };
-  if (c.target === 'Value') out.value = c.value ?? Buffer.alloc(0);
-  if (c.target === 'Version') out.version = (c.version ?? 0n).toString();
-  if (c.target === 'Create') out.create_revision = (c.version ?? 0n).toString();
-  if (c.target === 'Mod') out.mod_revision = (c.version ?? 0n).toString();
-  return out;
-}
-
 /** One transaction. Returns whether the compares held (and so whether the ops ran). */
 export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = []): Promise<{ succeeded: boolean; header: Header }> {
-  const res = await side.call(`txn of ${ops.length} ops`, (c) =>
-    c.kv.txn({ compare: compares.map(rawCompare), success: ops.map(rawOp), failure: [] } as never),
-  );
-  return { succeeded: res.succeeded, header: header(res.header as unknown as RawHeader) };
+  const res = await side.kv(`txn of ${ops.length} ops`, 'Txn', encodeTxnRequest(compares, ops), decodeTxnResponse);
+  return { succeeded: res.succeeded, header: res.header };
 }
 
 /** Keys per multi-get txn (under etcd's default --max-txn-ops of 128). */
@@ -157,16 +130,12 @@ const GET_MANY_CHUNK = 100;
 
 /** Values of many keys (latest, or at `revision`), a txn of range ops per 100 keys; absent keys are not in the map (keyed by latin1). */
 export async function getMany(side: EtcdSide, keys: readonly Buffer[], revision?: bigint): Promise<Map<string, KeyValue>> {
-  const at = revision === undefined ? {} : { revision: revision.toString() };
   const found = new Map<string, KeyValue>();
   for (let i = 0; i < keys.length; i += GET_MANY_CHUNK) {
     const chunk = keys.slice(i, i + GET_MANY_CHUNK);
-    const res = await side.call(`get ${chunk.length} keys`, (c) =>
-      c.kv.txn({ compare: [], success: chunk.map((key) => ({ request_range: { key, ...at } })), failure: [] } as never),
-    );
-    for (const response of res.responses as unknown as { response_range?: { kvs: RawKv[] } }[]) {
-      for (const raw of response.response_range?.kvs ?? []) found.set(raw.key.toString('latin1'), keyValue(raw));
-    }
+    const reads = chunk.map((key): TxnOp => ({ type: 'range', request: { key, ...(revision !== undefined ? { revision } : {}) } }));
+    const res = await side.kv(`get ${chunk.length} keys`, 'Txn', encodeTxnRequest([], reads), decodeTxnResponse);
+    for (const range of res.ranges) for (const kv of range.kvs) found.set(kv.key.toString('latin1'), kv);
   }
   return found;
 }

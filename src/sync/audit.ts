@@ -43,11 +43,14 @@ async function compareAt(
   const standbyPages = filterPages(scanPages(standby, { ...range, revision: standbyRevision }, options.retry), inScope);
   const findings = emptyFindings();
   let count = 0;
-  for await (const finding of mergeJoin(primaryPages, standbyPages, (p, s) => p.value.equals(s.value))) {
-    if (finding.kind !== 'surplus') count++;
-    if (finding.kind === 'missing') findings.missing.push(finding.primary.key);
-    else if (finding.kind === 'different') findings.different.push(finding.primary.key);
-    else if (finding.kind === 'surplus') findings.surplus.push(finding.standby.key);
+  for await (const batch of mergeJoin(primaryPages, standbyPages, (p, s) => p.value.equals(s.value))) {
+    for (const finding of batch) {
+      if (finding.kind !== 'surplus') count++;
+      // Keys are copied: a read key is a view into its whole reply, values included.
+      if (finding.kind === 'missing') findings.missing.push(Buffer.from(finding.primary.key));
+      else if (finding.kind === 'different') findings.different.push(Buffer.from(finding.primary.key));
+      else if (finding.kind === 'surplus') findings.surplus.push(Buffer.from(finding.standby.key));
+    }
   }
   return { findings, inScope: count };
 }

@@ -358,41 +358,43 @@ export class SyncEngine {
       this.hooks.onProgress?.(progress);
     };
 
-    for await (const finding of mergeJoin(primaryPages, standbyPages, same)) {
+    for await (const findings of mergeJoin(primaryPages, standbyPages, same)) {
       if (this.signal.aborted) break;
-      stats.scanned++;
-      let op: WriteOp | undefined;
-      switch (finding.kind) {
-        case 'equal':
-          stats.equal++;
-          break;
-        case 'missing':
-        case 'different': {
-          stats[finding.kind]++;
-          const p = finding.primary;
-          op = { type: 'put', key: p.key, value: p.value, lease: p.lease };
-          stats.put++;
-          stats.bytesWritten += p.key.length + p.value.length;
-          break;
+      for (const finding of findings) {
+        stats.scanned++;
+        let op: WriteOp | undefined;
+        switch (finding.kind) {
+          case 'equal':
+            stats.equal++;
+            break;
+          case 'missing':
+          case 'different': {
+            stats[finding.kind]++;
+            const p = finding.primary;
+            op = { type: 'put', key: p.key, value: p.value, lease: p.lease };
+            stats.put++;
+            stats.bytesWritten += p.key.length + p.value.length;
+            break;
+          }
+          case 'surplus':
+            stats.surplus++;
+            if (stats.surplus <= surplusLogged) {
+              this.log.info({ key: finding.standby.key.toString(), pruned: prune }, 'surplus key: only in the standby');
+            }
+            if (prune) {
+              op = { type: 'delete', key: finding.standby.key };
+              stats.deleted++;
+            }
+            break;
         }
-        case 'surplus':
-          stats.surplus++;
-          if (stats.surplus <= surplusLogged) {
-            this.log.info({ key: finding.standby.key.toString(), pruned: prune }, 'surplus key: only in the standby');
-          }
-          if (prune) {
-            op = { type: 'delete', key: finding.standby.key };
-            stats.deleted++;
-          }
-          break;
-      }
-      if (op) {
-        const chunk = chunker.add(op);
-        if (chunk) await submit(chunk);
-      }
-      if (Date.now() - lastProgress >= this.progressIntervalMs) {
-        lastProgress = Date.now();
-        reportProgress();
+        if (op) {
+          const chunk = chunker.add(op);
+          if (chunk) await submit(chunk);
+        }
+        if (Date.now() - lastProgress >= this.progressIntervalMs) {
+          lastProgress = Date.now();
+          reportProgress();
+        }
       }
     }
     const last = chunker.flush();

@@ -97,10 +97,11 @@ export interface CliProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export function runCli(args: string[], env: Record<string, string> = {}): CliProcess {
+/** Runs the built CLI; `nodeFlags` go to node itself (e.g. --cpu-prof, which NODE_OPTIONS refuses). */
+export function runCli(args: string[], env: Record<string, string> = {}, nodeFlags: string[] = []): CliProcess {
   // Parallel `run`s must not share the default port: an ephemeral one unless the test picks.
   if (args[0] === 'run' && !args.includes('--http-address')) args = [...args, '--http-address', '127.0.0.1:0'];
-  const child = spawn(process.execPath, [CLI, ...args], {
+  const child = spawn(process.execPath, [...nodeFlags, CLI, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { PATH: process.env.PATH ?? '', ...env },
   });
@@ -111,15 +112,24 @@ export function runCli(args: string[], env: Record<string, string> = {}): CliPro
     stdout += d.toString();
   });
   child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  let exitedWith: string | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+    child.once('exit', (code, signal) => {
+      exitedWith = signal ?? String(code);
+      resolve({ code, signal });
+    }),
   );
   return {
     child,
     output: () => out,
     stdout: () => stdout,
-    waitForLog: (text, timeoutMs = 60_000) =>
-      waitFor(() => out.includes(text), { timeoutMs, message: `no '${text}' in output:\n${out.slice(-2000)}` }),
+    waitForLog: async (text, timeoutMs = 60_000) => {
+      // A process that has exited will never log it: fail at once rather than at the timeout.
+      await waitFor(() => out.includes(text) || exitedWith !== undefined, { timeoutMs }).catch(() => {
+        throw new Error(`no '${text}' in output within ${timeoutMs} ms:\n${out.slice(-2000)}`);
+      });
+      if (!out.includes(text)) throw new Error(`the CLI exited (${exitedWith}) without '${text}' in its output:\n${out.slice(-2000)}`);
+    },
     exited,
   };
 }

@@ -1,0 +1,28 @@
+/** What the benchmark and the profiler share: the keyspace they load and how they load it. */
+import type { Etcd3 } from 'etcd3';
+
+/** `--name value` from argv, or the fallback. */
+export function optionValue(name: string, fallback: string): string {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
+}
+
+export const VALUE = Buffer.alloc(1024, 0x61);
+
+/** Kubernetes-shaped keys spread over 100 namespaces. */
+export const benchKey = (i: number): string => `/registry/configmaps/ns-${i % 100}/cm-${String(i).padStart(8, '0')}`;
+
+/** Batched puts of keys [from, to), 127 per txn, 4 txns in flight: the write ceiling. */
+export async function batchedWrite(client: Etcd3, from: number, to: number, value = VALUE): Promise<void> {
+  let next = from;
+  const worker = async (): Promise<void> => {
+    while (next < to) {
+      const start = next;
+      next = Math.min(to, next + 127);
+      const ops = [];
+      for (let i = start; i < next; i++) ops.push({ request_put: { key: Buffer.from(benchKey(i)), value } });
+      await client.kv.txn({ compare: [], success: ops, failure: [] } as never);
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+}
