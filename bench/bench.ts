@@ -1,9 +1,12 @@
 /**
- * `npm run bench [-- --keys N]`: etcd-sync against the batched-write ceiling and `etcdctl make-mirror`,
- * on one machine in one run (compare ratios, not absolute times). Prints a markdown table and
- * writes bench/results.json. Measures (issue 6): 1 the ceiling, 2 the initial sync by etcd-sync
- * and by make-mirror, 3 streaming catch-up of single-key revisions, 5 `check` time and peak RSS,
- * 6 a restart after a compaction gap in which 1% of the keys changed, 7 peak RSS of `run`.
+ * `npm run bench [-- --keys N --stream M --lag-seconds S --lag-rates 1000,2000,4000]`: etcd-sync
+ * against the batched-write ceiling and `etcdctl make-mirror` of the same etcd version, on one
+ * machine in one run (compare ratios, not absolute times). Prints a markdown table and writes
+ * bench/results.json (bench/results-<N>.json for other sizes). Measures, as issue 6 numbers them:
+ * 1 the ceiling; 2 the initial sync by both; 3 streaming catch-up of M single-key revisions by
+ * etcd-sync, and make-mirror following the same writes live; 4 replication lag at fixed write
+ * rates for both, next to the probe's floor; 5 `check` time and peak RSS; 6 a restart after a
+ * compaction gap in which 1% of the keys changed; 7 peak RSS of `run` during the initial sync.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -12,12 +15,21 @@ import type { Etcd3 } from 'etcd3';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
+import { type LagResult, measureLag } from './lag.js';
 import { batchedWrite, benchKey, optionValue } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
-const STREAM = Number(optionValue('--stream', String(Math.min(KEYS, 20_000))));
-const ETCDCTL = process.env.ETCDCTL_BIN ?? path.join(path.dirname(process.env.ETCD_BIN ?? '.tools/etcd-3.5/usr/bin/etcd'), 'etcdctl');
-const key = benchKey;
+const STREAM = Number(optionValue('--stream', '100000'));
+const LAG_SECONDS = Number(optionValue('--lag-seconds', '15'));
+const LAG_RATES = optionValue('--lag-rates', '1000,2000,4000')
+  .split(',')
+  .filter(Boolean)
+  .map(Number);
+const ETCD_BIN = process.env.ETCD_BIN ?? '.tools/etcd-3.5/usr/bin/etcd';
+const ETCDCTL = process.env.ETCDCTL_BIN ?? path.join(path.dirname(ETCD_BIN), 'etcdctl');
+const LAG_PREFIX = '/registry/configmaps/bench-lag/';
+const MARKER = '/registry/configmaps/bench-marker/stream-done';
+const HOUR = 3_600_000;
 
 async function count(client: Etcd3): Promise<number> {
   const res = await client.kv.range({ key: Buffer.from('/registry/'), range_end: Buffer.from('/registry0'), count_only: true });
@@ -30,7 +42,7 @@ async function revision(client: Etcd3): Promise<number> {
 
 function peakRssMb(child: ChildProcess): number {
   const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
-  return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
+  return Math.round(Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024);
 }
 
 async function stop(cli: CliProcess): Promise<void> {
@@ -38,11 +50,24 @@ async function stop(cli: CliProcess): Promise<void> {
   await cli.exited;
 }
 
+function startMirror(source: EtcdServer, destination: EtcdServer, prefix: string): ChildProcess {
+  return spawn(ETCDCTL, ['--endpoints', source.endpoint, 'make-mirror', '--prefix', prefix, destination.endpoint], { stdio: 'ignore' });
+}
+
+async function stopMirror(mirror: ChildProcess): Promise<void> {
+  const exited = new Promise((resolve) => mirror.once('exit', resolve));
+  mirror.kill('SIGTERM');
+  await exited;
+}
+
 const seconds = (ms: number): number => Math.round(ms) / 1000;
+const since = (t: number): number => seconds(performance.now() - t);
 
 async function main(): Promise<void> {
-  const machine = `${execFileSync('nproc').toString().trim()} cores, ${process.version}, ${execFileSync(process.env.ETCD_BIN ?? '.tools/etcd-3.5/usr/bin/etcd', ['--version']).toString().split('\n')[0]}`;
-  console.error(`bench: ${KEYS} keys x 1 KiB, ${STREAM} streamed revisions; ${machine}`);
+  const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1]?.trim() ?? 'unknown CPU';
+  const etcdVersion = execFileSync(ETCD_BIN, ['--version']).toString().split('\n')[0];
+  const machine = `${execFileSync('nproc').toString().trim()} cores (${cpu}), Node ${process.version}, ${etcdVersion}`;
+  console.error(`bench: ${KEYS} keys x 1 KiB, ${STREAM} streamed revisions, lag ${LAG_RATES.join('/')} writes/s for ${LAG_SECONDS} s; ${machine}`);
   const [primary, standby, mirrorDest] = await Promise.all([
     EtcdServer.start({ name: 'primary' }),
     EtcdServer.start({ name: 'standby' }),
@@ -51,73 +76,98 @@ async function main(): Promise<void> {
   const p = primary.client();
   const s = standby.client();
   const m = mirrorDest.client();
-  const results: Record<string, number | string> = { keys: KEYS, streamed: STREAM, machine };
+  const r: Record<string, number | string> = { keys: KEYS, streamed: STREAM, machine, date: new Date().toISOString() };
+  const lag: Record<string, LagResult> = {};
+  const runArgs = ['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--http-address', 'off', '--check-interval', '0'];
+  const checkpointAt = async (): Promise<number> => {
+    const res = await s.kv.range({ key: Buffer.from('/etcd-sync/checkpoint') });
+    return res.kvs[0] ? Number(JSON.parse(res.kvs[0].value.toString()).revision) : 0;
+  };
+  const phase = (name: string): void => console.error(`bench: ${name}`);
   try {
-    // 1. The ceiling: batched writes of N keys into a fresh etcd.
+    phase('1 ceiling');
     let t = performance.now();
     await batchedWrite(p, 0, KEYS);
-    results.ceilingSeconds = seconds(performance.now() - t);
+    r.ceilingSeconds = since(t);
 
-    // 2a. Initial sync by etcd-sync (diff into an empty standby), and its peak RSS (7).
-    const args = ['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--http-address', 'off', '--check-interval', '0'];
+    phase('2a etcd-sync initial sync');
     t = performance.now();
-    let sync = runCli(args);
-    await sync.waitForLog('initial sync done', 600_000);
-    results.etcdSyncInitialSeconds = seconds(performance.now() - t);
-    results.etcdSyncInitialDiffMs = Number(/"durationMs":(\d+)/.exec(sync.output())?.[1]);
-    results.runPeakRssMb = Math.round(peakRssMb(sync.child));
-
-    // 2b. make-mirror of the same keys into a fresh etcd.
-    t = performance.now();
-    const mirror = spawn(ETCDCTL, ['--endpoints', primary.endpoint, 'make-mirror', '--prefix', '/registry/', mirrorDest.endpoint], { stdio: 'ignore' });
-    await waitFor(async () => (await count(m)) >= KEYS, { timeoutMs: 1_800_000, intervalMs: 250 });
-    results.makeMirrorInitialSeconds = seconds(performance.now() - t);
-
-    // 3. Streaming catch-up: with the sync stopped, STREAM single-key revisions, then start and time the catch-up.
+    let sync = runCli(runArgs);
+    await sync.waitForLog('initial sync done', HOUR);
+    r.etcdSyncInitialSeconds = since(t);
+    r.etcdSyncInitialDiffSeconds = Number(/"durationMs":(\d+)/.exec(sync.output())?.[1]) / 1000;
+    r.runPeakRssMb = peakRssMb(sync.child);
     await stop(sync);
-    for (let i = 0; i < STREAM; i += 200) {
-      await Promise.all(Array.from({ length: Math.min(200, STREAM - i) }, (_, j) => p.put(key((i + j) % KEYS)).value(`s${i + j}`).exec()));
-    }
-    const target = await revision(p);
-    const checkpointAt = async (): Promise<number> => {
-      const res = await s.kv.range({ key: Buffer.from('/etcd-sync/checkpoint') });
-      return res.kvs[0] ? Number(JSON.parse(res.kvs[0].value.toString()).revision) : 0;
-    };
-    t = performance.now();
-    sync = runCli(args);
-    await waitFor(async () => (await checkpointAt()) >= target, { timeoutMs: 600_000, intervalMs: 100 });
-    results.etcdSyncCatchUpSeconds = seconds(performance.now() - t);
-    results.etcdSyncCatchUpRevisionsPerSecond = Math.round(STREAM / (performance.now() - t) * 1000);
-    // make-mirror followed live: time until its copy has the last streamed value.
-    const last = `s${STREAM - 1}`;
-    t = performance.now();
-    await waitFor(async () => (await m.get(key((STREAM - 1) % KEYS)).string()) === last, { timeoutMs: 600_000, intervalMs: 100 });
-    results.makeMirrorLagAfterStreamSeconds = seconds(performance.now() - t);
-    mirror.kill('SIGTERM');
 
-    // 5. check: time and peak RSS in one run (GNU time, when installed).
+    phase('2b make-mirror initial copy');
+    t = performance.now();
+    const mirror = startMirror(primary, mirrorDest, '/registry/');
+    await waitFor(async () => (await count(m)) >= KEYS, { timeoutMs: 4 * HOUR, intervalMs: 250 });
+    r.makeMirrorInitialSeconds = since(t);
+
+    phase(`3 ${STREAM} single-key revisions (etcd-sync stopped, make-mirror following live)`);
+    t = performance.now();
+    for (let i = 0; i < STREAM; i += 200) {
+      await Promise.all(Array.from({ length: Math.min(200, STREAM - i) }, (_, j) => p.put(benchKey((i + j) % KEYS)).value(`s${i + j}`).exec()));
+    }
+    await p.put(MARKER).value('done').exec();
+    r.streamWriteSeconds = since(t);
+    await waitFor(async () => (await m.get(MARKER).string()) === 'done', { timeoutMs: 4 * HOUR, intervalMs: 100 });
+    r.makeMirrorFollowSeconds = since(t);
+    r.makeMirrorRevisionsPerSecond = Math.round((STREAM + 1) / (r.makeMirrorFollowSeconds as number));
+    await stopMirror(mirror);
+    const target = await revision(p);
+    t = performance.now();
+    sync = runCli(runArgs);
+    await waitFor(async () => (await checkpointAt()) >= target, { timeoutMs: HOUR, intervalMs: 50 });
+    r.etcdSyncCatchUpSeconds = since(t);
+    r.etcdSyncCatchUpRevisionsPerSecond = Math.round((STREAM + 1) / (r.etcdSyncCatchUpSeconds as number));
+    await stop(sync);
+
+    phase('4 lag: floor (the probe watching the primary, nothing replicating)');
+    for (const rate of LAG_RATES) lag[`floor@${rate}`] = await measureLag(p, p, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS });
+    phase('4 lag: etcd-sync');
+    sync = runCli(runArgs);
+    await sync.waitForLog('streaming from revision', HOUR);
+    for (const rate of LAG_RATES) lag[`etcd-sync@${rate}`] = await measureLag(p, s, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS });
+    await stop(sync);
+    phase('4 lag: make-mirror');
+    const lagMirror = startMirror(primary, mirrorDest, LAG_PREFIX);
+    await p.put(`${LAG_PREFIX}ready`).value('1').exec();
+    await waitFor(async () => (await m.get(`${LAG_PREFIX}ready`).string()) === '1', { timeoutMs: 60_000 });
+    for (const rate of LAG_RATES) lag[`make-mirror@${rate}`] = await measureLag(p, m, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS });
+    await stopMirror(lagMirror);
+
+    phase('5 check');
+    sync = runCli(runArgs);
+    await sync.waitForLog('streaming from revision', HOUR);
+    await stop(sync);
     const checkArgs = ['check', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--output', 'json'];
     const timed = existsSync('/usr/bin/time');
     const [cmd, cmdArgs] = timed
       ? ['/usr/bin/time', ['-f', 'RSS_KB=%M', process.execPath, 'dist/bin/etcd-sync.js', ...checkArgs]]
       : [process.execPath, ['dist/bin/etcd-sync.js', ...checkArgs]];
     t = performance.now();
-    const check = spawnSync(cmd, cmdArgs, { encoding: 'utf8' });
-    results.checkSeconds = seconds(performance.now() - t);
-    results.checkConsistent = String((JSON.parse(check.stdout) as { consistent: boolean }).consistent);
-    results.checkPeakRssMb = timed ? Math.round(Number(/RSS_KB=(\d+)/.exec(check.stderr)?.[1] ?? 0) / 1024) : 'n/a (no /usr/bin/time)';
+    const check = spawnSync(cmd, cmdArgs, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 });
+    r.checkSeconds = since(t);
+    r.checkConsistent = String((JSON.parse(check.stdout) as { consistent: boolean }).consistent);
+    r.checkPeakRssMb = timed ? Math.round(Number(/RSS_KB=(\d+)/.exec(check.stderr)?.[1] ?? 0) / 1024) : 'n/a (no /usr/bin/time)';
 
-    // 6. Restart after a compaction gap in which 1% of the keys changed: only those should be written.
-    await stop(sync);
+    phase('6 restart after a compaction gap, 1% changed');
     const changed = Math.max(1, Math.floor(KEYS / 100));
     await batchedWrite(p, 0, changed, Buffer.alloc(1024, 0x62));
+    // One more revision (outside the synced prefix), then compact up to it: the changes are
+    // gone from history, so the restart cannot replay them and must find them by the diff.
+    await p.put('/bench/after-changes').value('1').exec();
     await p.kv.compact({ revision: String(await revision(p)), physical: true });
     t = performance.now();
-    sync = runCli(args);
-    await sync.waitForLog('initial sync done', 600_000);
-    results.compactionRestartSeconds = seconds(performance.now() - t);
-    results.compactionRestartKeysWritten = Number(/"put":(\d+)/.exec(sync.output().split('\n').find((l) => l.includes('initial sync done')) ?? '')?.[1]);
-    results.compactionRestartKeysChanged = changed;
+    sync = runCli(runArgs);
+    await sync.waitForLog('initial sync done', HOUR);
+    r.compactionRestartSeconds = since(t);
+    const done = sync.output().split('\n').find((l) => l.includes('initial sync done')) ?? '';
+    r.compactionRestartKeysWritten = Number(/"put":(\d+)/.exec(done)?.[1]);
+    r.compactionRestartKeysChanged = changed;
+    r.compactionRestartResync = String(sync.output().includes('checkpoint compacted on the primary'));
     await stop(sync);
   } finally {
     p.close();
@@ -126,19 +176,37 @@ async function main(): Promise<void> {
     await Promise.all([primary.destroy(), standby.destroy(), mirrorDest.destroy()]);
   }
 
-  const r = results as Record<string, number>;
-  const rows = [
-    ['ceiling: batched write of N keys', `${r.ceilingSeconds} s`, ''],
-    ['initial sync, etcd-sync (process start to done)', `${r.etcdSyncInitialSeconds} s`, `${(r.etcdSyncInitialSeconds! / r.ceilingSeconds!).toFixed(2)}x the ceiling`],
-    ['initial sync, make-mirror', `${r.makeMirrorInitialSeconds} s`, `etcd-sync ${(r.makeMirrorInitialSeconds! / r.etcdSyncInitialSeconds!).toFixed(1)}x faster`],
-    [`catch-up of ${STREAM} single-key revisions, etcd-sync (replay + diff)`, `${r.etcdSyncCatchUpSeconds} s`, `${r.etcdSyncCatchUpRevisionsPerSecond} rev/s`],
-    ['make-mirror still behind once the same stream was written (it followed live; not a rate)', `${r.makeMirrorLagAfterStreamSeconds} s`, ''],
-    ['check (latest at checkpoint)', `${r.checkSeconds} s`, `peak RSS ${r.checkPeakRssMb} MB`],
-    ['restart after compaction, 1% changed', `${r.compactionRestartSeconds} s`, `${r.compactionRestartKeysWritten} keys written, ${r.compactionRestartKeysChanged} changed`],
-    ['run: peak RSS during the initial sync', `${r.runPeakRssMb} MB`, ''],
+  const n = r as Record<string, number>;
+  const x = (a: number, b: number, digits = 1): string => `${(a / b).toFixed(digits)}x`;
+  const rows: string[][] = [
+    ['1 ceiling: batched write of N keys into a fresh etcd', `${n.ceilingSeconds} s`, ''],
+    ['2 initial sync, etcd-sync (process start to done)', `${n.etcdSyncInitialSeconds} s`, `${x(n.etcdSyncInitialSeconds!, n.ceilingSeconds!, 2)} the ceiling`],
+    ['2 initial sync, etcd-sync (the diff alone, connected)', `${n.etcdSyncInitialDiffSeconds} s`, `${x(n.etcdSyncInitialDiffSeconds!, n.ceilingSeconds!, 2)} the ceiling`],
+    ['2 initial sync, make-mirror', `${n.makeMirrorInitialSeconds} s`, `etcd-sync ${x(n.makeMirrorInitialSeconds!, n.etcdSyncInitialSeconds!)} faster`],
+    [`3 catch-up of ${STREAM} single-key revisions, etcd-sync (start to checkpoint)`, `${n.etcdSyncCatchUpSeconds} s`, `${n.etcdSyncCatchUpRevisionsPerSecond} rev/s`],
+    [`3 the same revisions, make-mirror following live (written in ${n.streamWriteSeconds} s)`, `${n.makeMirrorFollowSeconds} s`, `${n.makeMirrorRevisionsPerSecond} rev/s; etcd-sync ${x(n.etcdSyncCatchUpRevisionsPerSecond!, n.makeMirrorRevisionsPerSecond!)}`],
   ];
-  const table = [`| measure (${KEYS} keys x 1 KiB; ${machine}) | value | ratio |`, '|---|---|---|', ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n');
-  writeFileSync('bench/results.json', `${JSON.stringify(results, null, 2)}\n`);
+  for (const rate of LAG_RATES) {
+    const floor = lag[`floor@${rate}`] as LagResult;
+    for (const who of ['floor', 'etcd-sync', 'make-mirror']) {
+      const l = lag[`${who}@${rate}`] as LagResult;
+      const vsFloor = who === 'floor' ? '' : `; p99 ${l.p99Ms - floor.p99Ms >= 0 ? '+' : ''}${Math.round((l.p99Ms - floor.p99Ms) * 10) / 10} ms vs floor (${x(l.p99Ms, floor.p99Ms)})`;
+      rows.push([
+        `4 lag at ${rate} writes/s, ${who}${who === 'floor' ? ' (probe watching the primary)' : ''}`,
+        `p50 ${l.p50Ms} / p99 ${l.p99Ms} / max ${l.maxMs} ms`,
+        `growth ${l.growthMs} ms; ${l.achievedRate} writes/s achieved${l.unseen ? `; ${l.unseen} unseen` : ''}${vsFloor}`,
+      ]);
+    }
+  }
+  rows.push(
+    ['5 check, time', `${n.checkSeconds} s`, `consistent: ${n.checkConsistent}`],
+    ['5 check, peak RSS', `${n.checkPeakRssMb} MB`, ''],
+    ['6 restart after compaction, 1% changed', `${n.compactionRestartSeconds} s`, `${n.compactionRestartKeysWritten} keys written, ${n.compactionRestartKeysChanged} changed`],
+    ['7 run: peak RSS during the initial sync', `${n.runPeakRssMb} MB`, ''],
+  );
+  const table = [`| measure (${KEYS} keys x 1 KiB; ${machine}) | value | ratio / note |`, '|---|---|---|', ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n');
+  const file = KEYS === 100_000 ? 'bench/results.json' : `bench/results-${KEYS}.json`;
+  writeFileSync(file, `${JSON.stringify({ ...r, lag, table }, null, 2)}\n`);
   process.stdout.write(`${table}\n`);
 }
 

@@ -1,6 +1,7 @@
 /**
- * `npm run profile [-- --keys N --what sync|check]`: loads N keys x 1 KiB into a fresh primary,
- * runs `etcd-sync run` (initial sync into an empty standby) or `etcd-sync check` (after a sync)
+ * `npm run profile [-- --keys N --what sync|catchup|check]`: loads N keys x 1 KiB into a fresh
+ * primary, runs `etcd-sync run` (initial sync into an empty standby; or, for catchup, a restart
+ * after N single-key revisions were written while it was stopped) or `etcd-sync check` (after a sync)
  * under `node --cpu-prof`, and prints the functions with the most self time. The profile is
  * written to bench/profiles/ (not committed) for Chrome DevTools.
  */
@@ -9,7 +10,8 @@ import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { runCli } from '../test/helpers/sync.js';
-import { batchedWrite, optionValue } from './load.js';
+import { waitFor } from '../test/helpers/wait.js';
+import { batchedWrite, benchKey, optionValue } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const WHAT = optionValue('--what', 'sync');
@@ -51,7 +53,28 @@ async function main(): Promise<void> {
     const connection = [...primary.cliArgs('primary'), ...standby.cliArgs('standby')];
     const runArgs = ['run', ...connection, '--http-address', 'off', '--check-interval', '0'];
     const profiled = ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR];
-    if (WHAT === 'check') {
+    if (WHAT === 'catchup') {
+      // The sync stopped, N single-key revisions written, then the profiled restart catches up.
+      let sync = runCli(runArgs);
+      await sync.waitForLog('initial sync done', 600_000);
+      sync.child.kill('SIGTERM');
+      await sync.exited;
+      for (let i = 0; i < KEYS; i += 200) {
+        await Promise.all(Array.from({ length: Math.min(200, KEYS - i) }, (_, j) => p.put(benchKey(i + j)).value(`s${i + j}`).exec()));
+      }
+      const target = BigInt((await p.kv.range({ key: Buffer.from('x') })).header.revision);
+      const s = standby.client();
+      const started = performance.now();
+      sync = runCli(runArgs, {}, profiled);
+      await waitFor(async () => {
+        const res = await s.kv.range({ key: Buffer.from('/etcd-sync/checkpoint') });
+        return res.kvs[0] !== undefined && BigInt(JSON.parse(res.kvs[0].value.toString()).revision) >= target;
+      }, { timeoutMs: 600_000, intervalMs: 50 });
+      console.error(`catch-up of ${KEYS} revisions took ${Math.round(performance.now() - started)} ms (process start to checkpoint)`);
+      s.close();
+      sync.child.kill('SIGTERM');
+      await sync.exited;
+    } else if (WHAT === 'check') {
       const sync = runCli(runArgs);
       await sync.waitForLog('initial sync done', 600_000);
       sync.child.kill('SIGTERM');

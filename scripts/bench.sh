@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `npm run bench [-- --keys N --stream M]` runs bench/bench.ts; `npm run profile [-- --keys N --what sync|check]`
+# `npm run bench [-- --keys N --stream M]` runs bench/bench.ts; `npm run profile [-- --keys N --what sync|catchup|check]`
 # runs bench/profile.ts. Both install what is missing and build first.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

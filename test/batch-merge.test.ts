@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { KeyValue, WriteOp } from '../src/etcd/kv.js';
 import type { WatchEvent } from '../src/etcd/watch.js';
 import { type Finding, mergeJoin } from '../src/diff/merge-join.js';
-import { OpChunker, takeEventBatch } from '../src/sync/batch.js';
+import { OpChunker, headOfWholeRevisions, takeEventBatch } from '../src/sync/batch.js';
 
 const ev = (rev: number, key: string, type: 'put' | 'delete' = 'put', value = `v${rev}`): WatchEvent => ({
   type,
@@ -134,3 +134,20 @@ describe('mergeJoin', () => {
     }
   });
 });
+
+describe('headOfWholeRevisions', () => {
+  const ev = (rev: number, key: string): WatchEvent => ({ type: 'put', key: Buffer.from(key), value: Buffer.alloc(0), modRevision: BigInt(rev), lease: '0' });
+  const events = [ev(1, 'a'), ev(2, 'b'), ev(2, 'c'), ev(2, 'd'), ev(3, 'e')];
+  const revs = (es: readonly WatchEvent[]): string => es.map((e) => `${e.modRevision}${e.key}`).join(' ');
+  it.each([
+    [10, '1a 2b 2c 2d 3e'],
+    [5, '1a 2b 2c 2d 3e'],
+    [1, '1a'],
+    [2, '1a 2b 2c 2d'],
+    [3, '1a 2b 2c 2d'],
+    [4, '1a 2b 2c 2d'],
+  ])('at least %i events, never ending inside a revision', (count, expected) => {
+    expect(revs(headOfWholeRevisions(events, count))).toBe(expected);
+  });
+});
+

@@ -40,6 +40,8 @@ export interface ConnectionOptions {
 
 export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_RECEIVE_BYTES = 256 * 1024 * 1024;
+/** How long a stream token is reused: far below etcd's shortest usual token TTL (--auth-token-ttl, 300 s). */
+const STREAM_TOKEN_REUSE_MS = 10_000;
 
 const require = createRequire(import.meta.url);
 const rpcProtoPath = path.join(path.dirname(require.resolve('etcd3/package.json')), 'proto', 'rpc.proto');
@@ -85,6 +87,8 @@ export class EtcdSide {
   private kvChannel: { client: grpc.Client; endpoint: string } | undefined;
   private kvEndpoint = 0;
   private token: Promise<string> | undefined;
+  /** A recent token per endpoint for new streams: a replay opens many at once, and each authenticate costs etcd a bcrypt. */
+  private readonly streamTokens = new Map<string, { token: Promise<string>; at: number }>();
 
   constructor(config: EtcdSideConfig, options: ConnectionOptions = {}) {
     this.name = config.name;
@@ -194,7 +198,16 @@ export class EtcdSide {
     metadata.set('hasleader', 'true');
     if (this.auth) {
       try {
-        metadata.set('token', await this.authenticate(endpoint));
+        let cached = this.streamTokens.get(endpoint);
+        if (cached === undefined || Date.now() - cached.at > STREAM_TOKEN_REUSE_MS) {
+          cached = { token: this.authenticate(endpoint), at: Date.now() };
+          this.streamTokens.set(endpoint, cached);
+        }
+        const token = cached.token;
+        metadata.set('token', await token.catch((err: unknown) => {
+          if (this.streamTokens.get(endpoint)?.token === token) this.streamTokens.delete(endpoint);
+          throw err;
+        }));
       } catch (err) {
         this.dropRawClient(client);
         throw fromGrpcError(err, `${this.name} etcd (${endpoint}) authenticate`);

@@ -102,6 +102,17 @@ export function takeEventBatch(
   return { ops: [...byKey.values()], consumed: i, throughRevision };
 }
 
+/**
+ * The first events of `events`, at least `count` of them (or all), never ending inside a
+ * revision: a batch must not checkpoint a revision it has only part of.
+ */
+export function headOfWholeRevisions(events: readonly WatchEvent[], count: number): readonly WatchEvent[] {
+  if (events.length <= count) return events;
+  let end = count;
+  while (end < events.length && (events[end] as WatchEvent).modRevision === (events[end - 1] as WatchEvent).modRevision) end++;
+  return events.slice(0, end);
+}
+
 /** Groups independent writes (distinct keys, as a diff produces) into txn-sized chunks. */
 export class OpChunker {
   private ops: WriteOp[] = [];

@@ -11,7 +11,7 @@ import { DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, readHeader, readKey, sc
 import { type WatchEvent, WatchStream } from '../etcd/watch.js';
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
 import type { Scope } from '../scope.js';
-import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS, OpChunker, takeEventBatch } from './batch.js';
+import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS, OpChunker, headOfWholeRevisions, takeEventBatch } from './batch.js';
 import { LeaseMapper, leaseKeyPrefix } from './leases.js';
 import { AbortedError, delay, withRetry } from './retry.js';
 import { StandbyWriter, type WriterHooks } from './writer.js';
@@ -36,8 +36,12 @@ export interface SyncOptions {
   maxTxnBytes?: number;
   /** Txns in flight during a full diff (order does not matter there). Default 4. */
   writeConcurrency?: number;
-  /** Keys per range page. Default 1000; halved automatically for pages too large to receive. */
+  /** Most keys per range page (pages aim at 8 MiB). Default 50000; halved automatically for pages too large to receive. */
   pageSize?: number;
+  /** Revisions per window when a restart replays a long gap over parallel watches. Default 1000. */
+  replayWindowRevisions?: number;
+  /** Replay windows fetched at once. Default 16. */
+  replayWindows?: number;
   /** Delete in-scope keys only the standby has. Default false: they are logged and counted. */
   prune?: boolean;
   /** How often a long diff logs its progress. Default 5 s. */
@@ -86,6 +90,15 @@ export interface SyncHooks {
 }
 
 const HIGH_WATER_EVENTS = 50_000;
+/**
+ * etcd (3.4-3.6) hands a watcher that starts in the past at most 1000 revisions per 100 ms
+ * sync pass, so one watch replays about 5-10k revisions/s. Watchers on consecutive windows
+ * are served in the same pass: a long gap is fetched over several, and applied in order.
+ */
+const DEFAULT_REPLAY_WINDOW_REVISIONS = 1000;
+const DEFAULT_REPLAY_WINDOWS = 16;
+/** Fetched but not yet applied replay windows stop growing beyond about this many bytes. */
+const REPLAY_BUFFER_BYTES = 64 * 1024 * 1024;
 
 export class SyncEngine {
   /** Every primary event at or below this revision is applied on the standby. */
@@ -104,6 +117,8 @@ export class SyncEngine {
   /** Full resyncs by reason. */
   readonly resyncs = new Map<string, number>();
   watchRestarts = 0;
+  /** Replay windows fetched over their own watch (long gaps after a restart). */
+  replayWindowsFetched = 0;
   /** The latest periodic check (with what it repaired). */
   lastCheck: CheckReport | undefined;
   healer: SelfHealer | undefined;
@@ -416,11 +431,95 @@ export class SyncEngine {
     return stats;
   }
 
-  /** Applies the primary's history from the checkpoint up to `untilRevision` (inclusive). */
+  /**
+   * Applies the primary's history from the checkpoint up to `untilRevision` (inclusive), in
+   * revision order, so that the standby passes only through states the primary had.
+   */
   async replay(untilRevision: bigint): Promise<void> {
     if (this.appliedRevision >= untilRevision) return;
-    this.log.info({ from: (this.appliedRevision + 1n).toString(), until: untilRevision.toString() }, 'replaying primary history since checkpoint');
-    await this.follow(untilRevision);
+    const window = BigInt(this.options.replayWindowRevisions ?? DEFAULT_REPLAY_WINDOW_REVISIONS);
+    const gap = untilRevision - this.appliedRevision;
+    this.log.info(
+      { from: (this.appliedRevision + 1n).toString(), until: untilRevision.toString(), windows: gap > window ? ((gap + window - 1n) / window).toString() : '1' },
+      'replaying primary history since checkpoint',
+    );
+    if (gap > window) await this.replayWindows(untilRevision, window);
+    else await this.follow(untilRevision);
+  }
+
+  /** The replay of a long gap: windows fetched over parallel watches, applied one after the other. */
+  private async replayWindows(until: bigint, window: bigint): Promise<void> {
+    const maxInFlight = this.options.replayWindows ?? DEFAULT_REPLAY_WINDOWS;
+    const inFlight: { to: bigint; events: Promise<WatchEvent[]> }[] = [];
+    let next = this.appliedRevision + 1n;
+    let bytesPerWindow = 0;
+    const launch = (): void => {
+      // At least one window in flight; more while their expected size fits the buffer.
+      while (next <= until && (inFlight.length === 0 || (inFlight.length < maxInFlight && (inFlight.length + 1) * bytesPerWindow <= REPLAY_BUFFER_BYTES))) {
+        const from = next;
+        const to = from + window - 1n < until ? from + window - 1n : until;
+        next = to + 1n;
+        const events = this.retry(`replay revisions ${from}-${to}`, () => this.fetchWindow(from, to));
+        events.catch(() => undefined); // awaited in order below; a failure there ends the replay
+        inFlight.push({ to, events });
+      }
+    };
+    launch();
+    for (let head = inFlight.shift(); head !== undefined; head = inFlight.shift()) {
+      const events = await head.events;
+      let bytes = 0;
+      for (const e of events) bytes += e.key.length + e.value.length;
+      bytesPerWindow = Math.max(bytesPerWindow * 0.8, bytes);
+      launch();
+      for (let done = 0; done < events.length; ) done += await this.applyEventBatch(events.slice(done));
+      if (head.to > this.appliedRevision) this.appliedRevision = head.to;
+      this.notePrimary(this.primaryRevision);
+      if (this.signal.aborted) throw new AbortedError();
+    }
+    await this.writeCheckpointIfBehind();
+  }
+
+  /** Every in-scope event of revisions [from, to] of the primary, in order, over a watch of its own. */
+  private async fetchWindow(from: bigint, to: bigint): Promise<WatchEvent[]> {
+    const watch = await WatchStream.open(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: from }, this.signal);
+    // A window whose last revisions hold no watched key ends with a progress notification
+    // (sent once the watcher has caught up) or with the first event after it.
+    const progress = setInterval(() => watch.requestProgress(), 100);
+    const events: WatchEvent[] = [];
+    try {
+      for await (const message of watch.messages()) {
+        if (message.kind === 'progress') {
+          if (message.revision >= to) return events;
+          continue;
+        }
+        for (const event of message.events) {
+          if (event.modRevision > to) return events;
+          events.push(event);
+        }
+        // etcd sends whole revisions: an event of `to` means all of `to` has arrived.
+        if ((events[events.length - 1]?.modRevision ?? 0n) >= to) return events;
+      }
+      throw new AbortedError();
+    } finally {
+      clearInterval(progress);
+      watch.close();
+      this.replayWindowsFetched++;
+    }
+  }
+
+  /**
+   * Writes the next txn's worth of whole revisions from the head of `events` (with the
+   * checkpoint) and returns how many events it consumed.
+   */
+  private async applyEventBatch(events: readonly WatchEvent[]): Promise<number> {
+    const batch = takeEventBatch(headOfWholeRevisions(events, 10 * this.maxTxnOps + 1024), { maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes }, (e) =>
+      this.eventOp(e),
+    );
+    await this.applyOps(batch.ops, batch.throughRevision);
+    if (batch.throughRevision > this.appliedRevision) this.appliedRevision = batch.throughRevision;
+    for (const op of batch.ops) this.eventsApplied[op.type]++;
+    this.notePrimary(this.primaryRevision);
+    return batch.consumed;
   }
 
   /** Streams the primary's changes until the signal aborts. */
@@ -525,14 +624,7 @@ export class SyncEngine {
             while (limit < queue.length && (queue[limit] as WatchEvent).modRevision <= until) limit++;
           }
           if (limit > 0) {
-            const batch = takeEventBatch(queue.slice(0, Math.min(limit, 10 * this.maxTxnOps + 1024)), { maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes }, (e) =>
-              this.eventOp(e),
-            );
-            await this.applyOps(batch.ops, batch.throughRevision);
-            this.appliedRevision = batch.throughRevision > this.appliedRevision ? batch.throughRevision : this.appliedRevision;
-            for (const op of batch.ops) this.eventsApplied[op.type]++;
-            this.notePrimary(this.primaryRevision);
-            queue.splice(0, batch.consumed);
+            queue.splice(0, await this.applyEventBatch(limit < queue.length ? queue.slice(0, limit) : queue));
             if (queue.length <= HIGH_WATER_EVENTS) drained?.();
             if (this.signal.aborted) return false;
             continue;
