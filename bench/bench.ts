@@ -194,7 +194,7 @@ async function main(): Promise<void> {
       rows.push([
         `4 lag at ${rate} writes/s, ${who}${who === 'floor' ? ' (probe watching the primary)' : ''}`,
         `p50 ${l.p50Ms} / p99 ${l.p99Ms} / max ${l.maxMs} ms`,
-        `growth ${l.growthMs} ms; ${l.achievedRate} writes/s achieved${l.unseen ? `; ${l.unseen} unseen` : ''}${vsFloor}`,
+        `growth ${l.growthMs} ms; ${l.achievedRate} writes/s achieved${l.unseen ? `; ${l.unseen} unseen in the watch` : ''}${l.keysDiffering ? `; ${l.keysDiffering} KEYS DIFFER AFTER THE DRAIN` : ''}${vsFloor}`,
       ]);
     }
   }

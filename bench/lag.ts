@@ -13,8 +13,10 @@ export interface LagResult {
   rate: number;
   achievedRate: number;
   writes: number;
-  /** Writes never seen at the destination within the drain limit. */
+  /** Writes never seen in the destination's watch within the drain limit. */
   unseen: number;
+  /** Probe keys whose value at the destination differs from the primary's after the drain. */
+  keysDiffering: number;
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
@@ -87,6 +89,11 @@ export async function measureLag(
   }
   await watcher.cancel();
   if (failed !== undefined) throw failed;
+  // Whatever the watch showed, the end state must be the primary's.
+  const range = { key: Buffer.from(prefix), range_end: Buffer.from(`${prefix.slice(0, -1)}0`) };
+  const [source, copy] = await Promise.all([writer.kv.range(range), destination.kv.range(range)]);
+  const copied = new Map(copy.kvs.map((kv) => [kv.key.toString('latin1'), kv.value]));
+  const keysDiffering = source.kvs.filter((kv) => !copied.get(kv.key.toString('latin1'))?.equals(kv.value)).length + Math.max(0, copy.kvs.length - source.kvs.length);
   const lags = lag.slice(0, issued).filter((l): l is number => l !== undefined);
   const sorted = [...lags].sort((a, b) => a - b);
   const third = Math.floor(issued / 3);
@@ -97,6 +104,7 @@ export async function measureLag(
     achievedRate: Math.round(issued / writeSeconds),
     writes: issued,
     unseen: issued - lags.length,
+    keysDiffering,
     p50Ms: round1(percentile(sorted, 50)),
     p99Ms: round1(percentile(sorted, 99)),
     maxMs: round1(sorted[sorted.length - 1] ?? Number.NaN),
