@@ -64,6 +64,15 @@ export class TooLargeError extends EtcdSyncError {
   readonly exitCode = 1;
 }
 
+/**
+ * The standby's checkpoint is not the value etcd-sync last wrote (another writer, or a write
+ * whose answer was lost): streaming resumes from the checkpoint as the standby holds it.
+ */
+export class CheckpointChangedError extends EtcdSyncError {
+  readonly retryable = true;
+  readonly exitCode = 1;
+}
+
 /** Anything else etcd said no to. Retrying does not help. */
 export class EtcdRequestError extends EtcdSyncError {
   readonly retryable = false;

@@ -108,6 +108,14 @@ export class SyncMetrics {
         setTotal(this, {}, engine()?.watchRestarts ?? 0);
       },
     });
+    new Counter({
+      name: 'etcd_sync_stream_resends_total',
+      help: 'Streaming transactions that reached the standby before the one they follow, and were sent again.',
+      registers: [r],
+      collect() {
+        setTotal(this, {}, engine()?.streamResends ?? 0);
+      },
+    });
     this.txnDuration = new Histogram({
       name: 'etcd_sync_txn_duration_seconds',
       help: 'Duration of write transactions into the standby, retries included.',

@@ -20,6 +20,8 @@ export interface RunConfig {
   /** Periodic check and repair; 0 = off. */
   checkIntervalMs: number;
   healDelayMs: number;
+  /** Streaming txns in flight. */
+  streamTxnsInFlight: number;
   /** The standby's EncryptionConfiguration file, to check written encrypted values. */
   encryptionConfigFile?: string;
   /** undefined: no HTTP server. */
@@ -177,6 +179,7 @@ export function runConfig(options: Options): RunConfig {
     logLevel: String(options.logLevel ?? 'info'),
     checkIntervalMs: Number(options.checkInterval),
     healDelayMs: Number(options.healDelay),
+    streamTxnsInFlight: Number(options.streamTxns),
     ...(str(options, 'encryptionConfig') ? { encryptionConfigFile: str(options, 'encryptionConfig') as string } : {}),
     ...httpConfig(options),
     identity: str(options, 'identity') ?? 'etcd-sync',

@@ -9,7 +9,7 @@ import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS } from '../sync/batch.js';
 import { DEFAULT_PAGE_SIZE } from '../etcd/kv.js';
 import { DEFAULT_HTTP_ADDRESS } from '../http.js';
 import { DEFAULT_SETTLE_MS } from '../sync/audit.js';
-import { DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECKPOINT_KEY, DEFAULT_HEAL_DELAY_MS, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
+import { DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECKPOINT_KEY, DEFAULT_HEAL_DELAY_MS, DEFAULT_STREAM_TXNS_IN_FLIGHT, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
 import { ConfigError } from '../errors.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -118,6 +118,7 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unk
     .addOption(new Option('--identity <name>', 'this replica in /status, metrics and logs (default: $POD_NAME, else the hostname)'))
     .addOption(new Option('--ready-max-lag <revisions>', '/readyz is ready once the initial sync is done and the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(1000))
     .addOption(new Option('--encryption-config <file>', "the standby's EncryptionConfiguration: check that every encrypted value written is readable there"))
+    .addOption(new Option('--stream-txns <n>', 'streaming transactions in flight (each applies only right after the one before it)').argParser(positiveInt('--stream-txns')).default(DEFAULT_STREAM_TXNS_IN_FLIGHT))
     .addOption(new Option('--heal-delay <duration>', 'wait before restoring a synced key changed on the standby (doubles per key while it keeps happening)').argParser(parseDuration('--heal-delay')).default(DEFAULT_HEAL_DELAY_MS, '1s'));
   addConnectionOptions(run, 'primary');
   addConnectionOptions(run, 'standby');

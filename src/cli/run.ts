@@ -45,6 +45,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
           prune: config.prune,
           checkIntervalMs: config.checkIntervalMs,
           healDelayMs: config.healDelayMs,
+          streamTxnsInFlight: config.streamTxnsInFlight,
           writerHooks: {
             fence,
             ...(monitor ? { onPut: (key: Buffer, value: Buffer) => monitor.check(key, value) } : {}),

@@ -5,7 +5,7 @@
  */
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
-import { CompactedError, ConfigError, FencedError, describeError } from '../errors.js';
+import { CheckpointChangedError, CompactedError, ConfigError, FencedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
 import { type Compare, DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, readHeader, readKey, scanPages, txn } from '../etcd/kv.js';
 import { type WatchEvent, WatchStream } from '../etcd/watch.js';
@@ -117,7 +117,7 @@ const DEFAULT_REPLAY_WINDOWS = 16;
  * waiting, each comparing the checkpoint with the value the txn before it writes, so etcd
  * applies one only right after its predecessor and order holds whatever order they arrive in.
  */
-const DEFAULT_STREAM_TXNS_IN_FLIGHT = 4;
+export const DEFAULT_STREAM_TXNS_IN_FLIGHT = 4;
 /** Fetched but not yet applied replay windows stop growing beyond about this many bytes. */
 const REPLAY_BUFFER_BYTES = 64 * 1024 * 1024;
 
@@ -142,6 +142,8 @@ export class SyncEngine {
   /** Full resyncs by reason. */
   readonly resyncs = new Map<string, number>();
   watchRestarts = 0;
+  /** Streaming txns that arrived before their predecessor and were sent again. */
+  streamResends = 0;
   /** Replay windows fetched over their own watch (long gaps after a restart). */
   replayWindowsFetched = 0;
   /** The latest periodic check (with what it repaired). */
@@ -333,7 +335,10 @@ export class SyncEngine {
   }
 
   async readCheckpoint(): Promise<Checkpoint | undefined> {
-    const kv = await readKey(this.standby, this.checkpointKey);
+    return this.parseCheckpoint(await readKey(this.standby, this.checkpointKey));
+  }
+
+  private parseCheckpoint(kv: KeyValue | undefined): Checkpoint | undefined {
     if (!kv) return undefined;
     try {
       const parsed = JSON.parse(kv.value.toString()) as { revision: string; primaryClusterId: string };
@@ -351,8 +356,8 @@ export class SyncEngine {
    */
   private async loadChain(): Promise<void> {
     const kv = await readKey(this.standby, this.checkpointKey);
-    this.chainValue = kv?.value;
-    const checkpoint = kv === undefined ? undefined : await this.readCheckpoint();
+    this.chainValue = kv === undefined ? undefined : Buffer.from(kv.value);
+    const checkpoint = this.parseCheckpoint(kv);
     if (checkpoint && checkpoint.primaryClusterId === this.primaryClusterId && checkpoint.revision > this.appliedRevision) {
       this.appliedRevision = checkpoint.revision;
       this.checkpointedRevision = checkpoint.revision;
@@ -681,7 +686,10 @@ export class SyncEngine {
             limit = 0;
             while (limit < queue.length && (queue[limit] as WatchEvent).modRevision <= until) limit++;
           }
-          if (limit > 0 && pipeline.length < maxInFlight) {
+          // A second txn in flight only for a backlog of at least a full txn: below that, one
+          // txn carries everything that arrived meanwhile, and concurrent txns would mostly
+          // reach etcd out of order and be sent again.
+          if (limit > 0 && (pipeline.length === 0 || (pipeline.length < maxInFlight && limit >= this.maxTxnOps - 1))) {
             const batch = takeEventBatch(headOfWholeRevisions(limit < queue.length ? queue.slice(0, limit) : queue, 10 * this.maxTxnOps + 1024), limits, (e) => this.eventOp(e));
             // A value too large to share a txn is written alone, then its checkpoint (see
             // StandbyWriter): no room for the chain compare, so only with nothing in flight.
@@ -697,7 +705,7 @@ export class SyncEngine {
         const head = pipeline[0];
         if (head !== undefined) {
           if (!head.settled && pipeline.length < maxInFlight && !readerDone && !this.signal.aborted) {
-            // Room for another txn: send new events as soon as they come, or complete the oldest.
+            // Room for another txn: wait for a backlog worth sending, or complete the oldest.
             await Promise.race([head.answered, new Promise<void>((resolve) => (wake = resolve))]);
             continue;
           }
@@ -761,11 +769,14 @@ export class SyncEngine {
    */
   private async completeStreamBatch(txn: StreamTxn): Promise<void> {
     let held = await txn.held;
-    if (!held) held = await this.writer.write(txn.ops, [txn.checkpoint], txn.compares);
+    if (!held) {
+      this.streamResends++;
+      held = await this.writer.write(txn.ops, [txn.checkpoint], txn.compares);
+    }
     // A txn whose answer was lost (a deadline after the commit) was retried and found its own checkpoint.
     if (!held && txn.checkpoint.type === 'put') held = (await this.retry('read checkpoint', () => readKey(this.standby, this.checkpointKey)))?.value.equals(txn.checkpoint.value) ?? false;
     if (!held) {
-      throw new Error(`the standby's checkpoint ${this.checkpointKey.toString()} was changed by another writer; restart to resume from it`);
+      throw new CheckpointChangedError(`the standby's checkpoint ${this.checkpointKey.toString()} is not the one etcd-sync wrote last; resuming from it`);
     }
     if (txn.throughRevision > this.appliedRevision) this.appliedRevision = txn.throughRevision;
     if (txn.throughRevision > this.checkpointedRevision) this.checkpointedRevision = txn.throughRevision;
