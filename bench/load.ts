@@ -9,6 +9,9 @@ export function optionValue(name: string, fallback: string): string {
 
 export const VALUE = Buffer.alloc(1024, 0x61);
 
+/** The container image's NODE_OPTIONS (deploy/Dockerfile): the benchmark runs etcd-sync as the image does. */
+export const IMAGE_NODE_OPTIONS = '--max-old-space-size=192';
+
 /** Kubernetes-shaped keys spread over 100 namespaces. */
 export const benchKey = (i: number): string => `/registry/configmaps/ns-${i % 100}/cm-${String(i).padStart(8, '0')}`;
 

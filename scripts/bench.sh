@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # `npm run bench [-- --keys N --stream M]` runs bench/bench.ts; `npm run profile [-- --keys N --what sync|catchup|check]`
-# runs bench/profile.ts. Both install what is missing and build first.
+# runs bench/profile.ts; `npm run bench:check-memory [-- --keys N]` runs bench/check-memory.ts. All install what is
+# missing and build first.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 script=bench
-if [ "${1:-}" = profile ]; then script=profile; shift; fi
+case "${1:-}" in profile | check-memory) script=$1; shift ;; esac
 bash scripts/ensure-deps.sh
 npx tsc -p tsconfig.scripts.json
 ETCD_BIN=$(bash scripts/install-etcd.sh "${ETCD_VERSION:-3.5}")
