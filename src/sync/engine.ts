@@ -528,7 +528,12 @@ export class SyncEngine {
       for (const e of events) bytes += e.key.length + e.value.length;
       bytesPerWindow = Math.max(bytesPerWindow * 0.8, bytes);
       launch();
-      for (let done = 0; done < events.length; ) done += await this.applyEventBatch(events.slice(done));
+      for (let done = 0; done < events.length; ) {
+        const batch = this.takeBatch(events.slice(done));
+        // One txn at a time: a window is applied in order, not pipelined.
+        await this.completeStreamBatch(this.sendStreamBatch(batch, false));
+        done += batch.consumed;
+      }
       if (head.to > this.appliedRevision) this.appliedRevision = head.to;
       this.notePrimary(this.primaryRevision);
       if (this.signal.aborted) throw new AbortedError();
@@ -564,20 +569,11 @@ export class SyncEngine {
     }
   }
 
-  /**
-   * Writes the next txn's worth of whole revisions from the head of `events` (with the
-   * checkpoint) and returns how many events it consumed.
-   */
-  private async applyEventBatch(events: readonly WatchEvent[]): Promise<number> {
-    const batch = takeEventBatch(headOfWholeRevisions(events, 10 * this.maxTxnOps + 1024), { maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes }, (e) =>
-      this.eventOp(e),
-    );
-    await this.applyOps(batch.ops, batch.throughRevision);
-    if (batch.throughRevision > this.appliedRevision) this.appliedRevision = batch.throughRevision;
-    for (const op of batch.ops) this.eventsApplied[op.type]++;
-    this.notePrimary(this.primaryRevision);
-    return batch.consumed;
+  /** The next txn's worth of whole revisions from the head of `events`, coalesced. */
+  private takeBatch(events: readonly WatchEvent[]): EventBatch {
+    return takeEventBatch(headOfWholeRevisions(events, 10 * this.maxTxnOps + 1024), { maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes }, (e) => this.eventOp(e));
   }
+
 
   /** Streams the primary's changes until the signal aborts. */
   async stream(): Promise<void> {
@@ -676,7 +672,6 @@ export class SyncEngine {
       until !== undefined ? 100 : Math.max(100, Math.floor(this.idleProgressMs / 2)),
     );
     const maxInFlight = this.options.streamTxnsInFlight ?? DEFAULT_STREAM_TXNS_IN_FLIGHT;
-    const limits = { maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes };
     const pipeline: StreamTxn[] = [];
     try {
       for (;;) {
@@ -690,7 +685,7 @@ export class SyncEngine {
           // txn carries everything that arrived meanwhile, and concurrent txns would mostly
           // reach etcd out of order and be sent again.
           if (limit > 0 && (pipeline.length === 0 || (pipeline.length < maxInFlight && limit >= this.maxTxnOps - 1))) {
-            const batch = takeEventBatch(headOfWholeRevisions(limit < queue.length ? queue.slice(0, limit) : queue, 10 * this.maxTxnOps + 1024), limits, (e) => this.eventOp(e));
+            const batch = this.takeBatch(limit < queue.length ? queue.slice(0, limit) : queue);
             // A value too large to share a txn is written alone, then its checkpoint (see
             // StandbyWriter): no room for the chain compare, so only with nothing in flight.
             const alone = batch.ops.reduce((sum, op) => sum + opBytes(op), 0) > this.maxTxnBytes;
