@@ -16,7 +16,7 @@ import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { type LagResult, measureLag } from './lag.js';
-import { IMAGE_NODE_OPTIONS, batchedWrite, benchKey, optionValue } from './load.js';
+import { IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const STREAM = Number(optionValue('--stream', '100000'));
@@ -132,9 +132,7 @@ async function main(): Promise<void> {
 
     phase(`3 ${STREAM} single-key revisions (etcd-sync stopped, make-mirror following live)`);
     t = performance.now();
-    for (let i = 0; i < STREAM; i += 200) {
-      await Promise.all(Array.from({ length: Math.min(200, STREAM - i) }, (_, j) => p.put(benchKey((i + j) % KEYS)).value(`s${i + j}`).exec()));
-    }
+    await singleKeyRevisions(p, STREAM, KEYS);
     await p.put(MARKER).value('done').exec();
     r.streamWriteSeconds = since(t);
     await waitFor(async () => (await m.get(MARKER).string()) === 'done', { timeoutMs: 4 * HOUR, intervalMs: 100 });

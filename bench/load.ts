@@ -29,3 +29,10 @@ export async function batchedWrite(client: Etcd3, from: number, to: number, valu
   };
   await Promise.all([worker(), worker(), worker(), worker()]);
 }
+
+/** `count` single-key revisions (as Kubernetes writes), 200 puts in flight, values `s<i>`, keys cycling over `keys`. */
+export async function singleKeyRevisions(client: Etcd3, count: number, keys: number): Promise<void> {
+  for (let i = 0; i < count; i += 200) {
+    await Promise.all(Array.from({ length: Math.min(200, count - i) }, (_, j) => client.put(benchKey((i + j) % keys)).value(`s${i + j}`).exec()));
+  }
+}

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { batchedWrite, benchKey, optionValue } from './load.js';
+import { batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const WHAT = optionValue('--what', 'sync');
@@ -59,9 +59,7 @@ async function main(): Promise<void> {
       await sync.waitForLog('initial sync done', 600_000);
       sync.child.kill('SIGTERM');
       await sync.exited;
-      for (let i = 0; i < KEYS; i += 200) {
-        await Promise.all(Array.from({ length: Math.min(200, KEYS - i) }, (_, j) => p.put(benchKey(i + j)).value(`s${i + j}`).exec()));
-      }
+      await singleKeyRevisions(p, KEYS, KEYS);
       const target = BigInt((await p.kv.range({ key: Buffer.from('x') })).header.revision);
       const s = standby.client();
       const started = performance.now();

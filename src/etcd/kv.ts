@@ -1,6 +1,6 @@
 /** Range, txn and status calls, in etcd-sync's own types (Buffers, bigint revisions). */
 import { TooLargeError } from '../errors.js';
-import { type TxnOp, decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from './codec.js';
+import { type RangeRequest, type RangeResponse, type TxnOp, decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from './codec.js';
 import type { EtcdSide } from './connection.js';
 
 export interface KeyValue {
@@ -29,15 +29,17 @@ export interface Header {
   clusterId: string;
 }
 
+function range(side: EtcdSide, what: string, request: RangeRequest): Promise<RangeResponse> {
+  return side.kv(what, 'Range', encodeRangeRequest(request), decodeRangeResponse);
+}
+
 /** Current revision and cluster ID of a side (a one-key count-only range). */
 export async function readHeader(side: EtcdSide): Promise<Header> {
-  const res = await side.kv('status', 'Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true, limit: 1 }), decodeRangeResponse);
-  return res.header;
+  return (await range(side, 'status', { key: Buffer.from([0]), countOnly: true, limit: 1 })).header;
 }
 
 export async function readKey(side: EtcdSide, key: Buffer): Promise<KeyValue | undefined> {
-  const res = await side.kv('get', 'Range', encodeRangeRequest({ key }), decodeRangeResponse);
-  return res.kvs[0];
+  return (await range(side, 'get', { key })).kvs[0];
 }
 
 export interface RangePage {
@@ -50,8 +52,7 @@ export async function rangePage(
   side: EtcdSide,
   request: { key: Buffer; rangeEnd: Buffer; limit: number; revision?: bigint; keysOnly?: boolean },
 ): Promise<RangePage> {
-  const res = await side.kv(`range at revision ${request.revision ?? 'latest'}`, 'Range', encodeRangeRequest(request), decodeRangeResponse);
-  return { kvs: res.kvs, more: res.more, header: res.header };
+  return range(side, `range at revision ${request.revision ?? 'latest'}`, request);
 }
 
 /** Most keys in one range page. */

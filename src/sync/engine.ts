@@ -84,11 +84,14 @@ export interface SyncProgress {
   keysPerSecond: number;
 }
 
+/** The put of etcd-sync's checkpoint key. */
+type CheckpointPut = Extract<WriteOp, { type: 'put' }>;
+
 /** A streaming txn in flight. */
 interface StreamTxn {
   ops: WriteOp[];
   throughRevision: bigint;
-  checkpoint: WriteOp;
+  checkpoint: CheckpointPut;
   compares: Compare[];
   held: Promise<boolean>;
   settled: boolean;
@@ -371,7 +374,7 @@ export class SyncEngine {
       : { key: this.checkpointKey, target: 'Value', result: 'Equal', value: expected };
   }
 
-  private checkpointOp(revision: bigint): WriteOp {
+  private checkpointOp(revision: bigint): CheckpointPut {
     return {
       type: 'put',
       key: this.checkpointKey,
@@ -387,7 +390,7 @@ export class SyncEngine {
     await this.writer.write(ops, [op]);
     if (checkpoint > this.checkpointedRevision) this.checkpointedRevision = checkpoint;
     // Exact for sequential callers; after the concurrent txns of a diff, follow() reloads it.
-    this.chainValue = op.type === 'put' ? op.value : undefined;
+    this.chainValue = op.value;
   }
 
   /**
@@ -524,6 +527,7 @@ export class SyncEngine {
     launch();
     for (let head = inFlight.shift(); head !== undefined; head = inFlight.shift()) {
       const events = await head.events;
+      this.replayWindowsFetched++;
       let bytes = 0;
       for (const e of events) bytes += e.key.length + e.value.length;
       bytesPerWindow = Math.max(bytesPerWindow * 0.8, bytes);
@@ -565,7 +569,6 @@ export class SyncEngine {
     } finally {
       clearInterval(progress);
       watch.close();
-      this.replayWindowsFetched++;
     }
   }
 
@@ -615,7 +618,7 @@ export class SyncEngine {
         const op = this.checkpointOp(this.appliedRevision);
         await this.writer.write([], [op]);
         this.checkpointedRevision = this.appliedRevision;
-        this.chainValue = op.type === 'put' ? op.value : undefined;
+        this.chainValue = op.value;
       } catch (err) {
         if (err instanceof FencedError) throw err;
         this.log.warn({ err: describeError(err) }, 'could not record the checkpoint');
@@ -748,7 +751,7 @@ export class SyncEngine {
     const compares = chained ? [this.chainCompare(this.chainValue)] : [];
     const held = this.writer.write(batch.ops, [checkpoint], compares);
     // The next txn chains on this one's checkpoint.
-    this.chainValue = checkpoint.type === 'put' ? checkpoint.value : undefined;
+    this.chainValue = checkpoint.value;
     const txn: StreamTxn = { ops: batch.ops, throughRevision: batch.throughRevision, checkpoint, compares, held, settled: false, answered: Promise.resolve() };
     // Awaited in order by completeStreamBatch; `answered` never rejects.
     txn.answered = held.then(
@@ -769,7 +772,7 @@ export class SyncEngine {
       held = await this.writer.write(txn.ops, [txn.checkpoint], txn.compares);
     }
     // A txn whose answer was lost (a deadline after the commit) was retried and found its own checkpoint.
-    if (!held && txn.checkpoint.type === 'put') held = (await this.retry('read checkpoint', () => readKey(this.standby, this.checkpointKey)))?.value.equals(txn.checkpoint.value) ?? false;
+    if (!held) held = (await this.retry('read checkpoint', () => readKey(this.standby, this.checkpointKey)))?.value.equals(txn.checkpoint.value) ?? false;
     if (!held) {
       throw new CheckpointChangedError(`the standby's checkpoint ${this.checkpointKey.toString()} is not the one etcd-sync wrote last; resuming from it`);
     }
