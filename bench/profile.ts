@@ -1,8 +1,10 @@
 /**
- * `npm run profile [-- --keys N --what sync|catchup|check]`: loads N keys x 1 KiB into a fresh
- * primary, runs `etcd-sync run` (initial sync into an empty standby; or, for catchup, a restart
- * after N single-key revisions were written while it was stopped) or `etcd-sync check` (after a sync)
- * under `node --cpu-prof`, and prints the functions with the most self time. The profile is
+ * `npm run profile [-- --keys N --what sync|catchup|check|stream --rate R --seconds S]`: loads N keys
+ * x 1 KiB into a fresh primary, runs `etcd-sync run` (initial sync into an empty standby; for
+ * catchup, a restart after N single-key revisions were written while it was stopped; for stream,
+ * streaming while the lag probe writes R writes/s (default 2000) for S seconds (default 10)) or
+ * `etcd-sync check` (after a sync) under `node --cpu-prof`, and prints the functions with the
+ * most self time. The profile is
  * written to bench/profiles/ (not committed) for Chrome DevTools.
  */
 import { spawn } from 'node:child_process';
@@ -11,10 +13,13 @@ import path from 'node:path';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
+import { measureLag } from './lag.js';
 import { batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const WHAT = optionValue('--what', 'sync');
+const RATE = Number(optionValue('--rate', '2000'));
+const SECONDS = Number(optionValue('--seconds', '10'));
 const PROFILE_DIR = path.resolve('bench/profiles');
 
 interface ProfileNode {
@@ -69,6 +74,17 @@ async function main(): Promise<void> {
         return res.kvs[0] !== undefined && BigInt(JSON.parse(res.kvs[0].value.toString()).revision) >= target;
       }, { timeoutMs: 600_000, intervalMs: 50 });
       console.error(`catch-up of ${KEYS} revisions took ${Math.round(performance.now() - started)} ms (process start to checkpoint)`);
+      s.close();
+      sync.child.kill('SIGTERM');
+      await sync.exited;
+    } else if (WHAT === 'stream') {
+      const sync = runCli(runArgs, {}, profiled);
+      await sync.waitForLog('streaming from revision', 600_000);
+      const s = standby.client();
+      const prefix = '/registry/configmaps/bench-lag/';
+      await measureLag(p, s, { prefix, rate: RATE, seconds: 3 }); // warm-up, as in the bench: a cold JIT is not streaming
+      const lag = await measureLag(p, s, { prefix, rate: RATE, seconds: SECONDS });
+      console.error(`streaming at ${lag.achievedRate} writes/s for ${SECONDS} s: lag p50 ${lag.p50Ms} / p99 ${lag.p99Ms} / max ${lag.maxMs} ms`);
       s.close();
       sync.child.kill('SIGTERM');
       await sync.exited;

@@ -7,14 +7,22 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as protoLoader from '@grpc/proto-loader';
 import { describe, expect, it } from 'vitest';
-import { decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from '../src/etcd/codec.js';
+import {
+  WATCH_PROGRESS_REQUEST,
+  decodeRangeResponse,
+  decodeTxnResponse,
+  decodeWatchResponse,
+  encodeRangeRequest,
+  encodeTxnRequest,
+  encodeWatchCreateRequest,
+} from '../src/etcd/codec.js';
 
 const require = createRequire(import.meta.url);
 const rpcProto = path.join(path.dirname(require.resolve('etcd3/package.json')), 'proto', 'rpc.proto');
-const kv = protoLoader.loadSync(rpcProto, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true })['etcdserverpb.KV'] as unknown as Record<
-  'Range' | 'Txn',
-  { requestDeserialize(b: Buffer): Record<string, unknown>; responseSerialize(o: object): Buffer }
->;
+type Method = { requestDeserialize(b: Buffer): Record<string, unknown>; responseSerialize(o: object): Buffer };
+const rpc = protoLoader.loadSync(rpcProto, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
+const kv = rpc['etcdserverpb.KV'] as unknown as Record<'Range' | 'Txn', Method>;
+const watch = (rpc['etcdserverpb.Watch'] as unknown as Record<'Watch', Method>).Watch;
 
 const LEASE = '7587869523456789012'; // above 2^53: must survive exactly
 const BIG_REVISION = 2n ** 60n + 7n;
@@ -128,5 +136,77 @@ describe('decodeTxnResponse', () => {
 
   it('reads a failed compare as not succeeded', () => {
     expect(decodeTxnResponse(kv.Txn.responseSerialize({ header: { revision: '7' }, succeeded: false })).succeeded).toBe(false);
+  });
+});
+
+describe('watch requests', () => {
+  it('encodes a create request with every field we send', () => {
+    const req = watch.requestDeserialize(
+      encodeWatchCreateRequest({ key: binaryKey, rangeEnd: Buffer.from('/registry0'), startRevision: BIG_REVISION, progressNotify: true }),
+    );
+    const create = req.create_request as Record<string, unknown>;
+    expect(req.request_union).toBe('create_request');
+    expect([(create.key as Buffer).equals(binaryKey), (create.range_end as Buffer).toString(), create.start_revision, create.progress_notify, create.prev_kv, create.filters]).toEqual([
+      true,
+      '/registry0',
+      BIG_REVISION.toString(),
+      true,
+      false,
+      [],
+    ]);
+  });
+
+  it('encodes a create request from revision 0 without progress notifications', () => {
+    const create = watch.requestDeserialize(encodeWatchCreateRequest({ key: Buffer.from('/a'), rangeEnd: Buffer.from('/b'), startRevision: 0n, progressNotify: false })).create_request as Record<string, unknown>;
+    expect([(create.key as Buffer).toString(), create.start_revision, create.progress_notify]).toEqual(['/a', '0', false]);
+  });
+
+  it('encodes a progress request', () => {
+    expect(watch.requestDeserialize(WATCH_PROGRESS_REQUEST).request_union).toBe('progress_request');
+  });
+});
+
+describe('decodeWatchResponse', () => {
+  const none = { revision: 0n, clusterId: '0' };
+
+  it('reads events in order: puts and deletes, values, leases, revisions', () => {
+    const reply = watch.responseSerialize({
+      header: { cluster_id: '9', revision: BIG_REVISION.toString() },
+      watch_id: '0',
+      events: [
+        { type: 'Put', kv: kvOut(Buffer.from('/a'), Buffer.alloc(70_000, 3), '11', LEASE) },
+        { type: 'Delete', kv: { key: binaryKey, mod_revision: BIG_REVISION.toString() } },
+        { type: 'Put', kv: kvOut(Buffer.from('/c'), Buffer.alloc(0), '12') },
+      ],
+    });
+    const res = decodeWatchResponse(reply);
+    expect([res.header, res.created, res.canceled, res.compactRevision, res.fragment]).toEqual([{ clusterId: '9', revision: BIG_REVISION }, false, false, 0n, false]);
+    expect(res.events.map((e) => [e.type, e.kv.key.toString('latin1'), e.kv.value.length, e.kv.modRevision, e.kv.lease])).toEqual([
+      ['put', '/a', 70_000, 11n, LEASE],
+      ['delete', binaryKey.toString('latin1'), 0, BIG_REVISION, '0'],
+      ['put', '/c', 0, 12n, '0'],
+    ]);
+    expect(res.events[0]?.kv.value.equals(Buffer.alloc(70_000, 3))).toBe(true);
+  });
+
+  it('reads created, progress, fragment, compaction and cancel replies', () => {
+    expect(decodeWatchResponse(watch.responseSerialize({ header: { revision: '5' }, created: true }))).toMatchObject({ created: true, events: [], header: { revision: 5n } });
+    expect(decodeWatchResponse(watch.responseSerialize({ header: { revision: '77' } }))).toEqual({
+      header: { revision: 77n, clusterId: '0' },
+      created: false,
+      canceled: false,
+      compactRevision: 0n,
+      cancelReason: '',
+      fragment: false,
+      events: [],
+    });
+    expect(decodeWatchResponse(watch.responseSerialize({ fragment: true, events: [{ type: 'Put', kv: kvOut(Buffer.from('/f'), Buffer.from('v'), '3') }] }))).toMatchObject({ fragment: true, header: none });
+    expect(decodeWatchResponse(watch.responseSerialize({ canceled: true, compact_revision: '4000000000' }))).toMatchObject({ canceled: true, compactRevision: 4_000_000_000n });
+    expect(decodeWatchResponse(watch.responseSerialize({ canceled: true, cancel_reason: 'etcdserver: permission denied' }))).toMatchObject({ canceled: true, cancelReason: 'etcdserver: permission denied' });
+  });
+
+  it('refuses a truncated reply', () => {
+    const reply = watch.responseSerialize({ events: [{ type: 'Put', kv: kvOut(Buffer.from('/a'), Buffer.from('value'), '5') }] });
+    expect(() => decodeWatchResponse(reply.subarray(0, reply.length - 2))).toThrow(/truncated/);
   });
 });

@@ -337,3 +337,68 @@ export function decodeTxnResponse(buf: Buffer): TxnResponse {
   }
   return res;
 }
+
+export interface WatchCreateRequest {
+  key: Buffer;
+  rangeEnd: Buffer;
+  startRevision: bigint;
+  progressNotify: boolean;
+}
+
+/** WatchRequest{create_request}. */
+export function encodeWatchCreateRequest(r: WatchCreateRequest): Buffer {
+  let body = fieldSize(r.key.length) + fieldSize(r.rangeEnd.length);
+  if (r.startRevision) body += 1 + bigVarintSize(r.startRevision);
+  if (r.progressNotify) body += 2;
+  const w = new Writer(fieldSize(body));
+  w.message(1, body).bytes(1, r.key).bytes(2, r.rangeEnd);
+  if (r.startRevision) w.tag(3, VARINT).bigVarint(r.startRevision);
+  if (r.progressNotify) w.tag(4, VARINT).varint(1);
+  return w.done();
+}
+
+/** WatchRequest{progress_request{}}. */
+export const WATCH_PROGRESS_REQUEST: Buffer = Buffer.from([(3 << 3) + BYTES, 0]);
+
+export interface WatchResponseEvent {
+  type: 'put' | 'delete';
+  kv: KeyValue;
+}
+
+export interface WatchResponse {
+  header: Header;
+  created: boolean;
+  canceled: boolean;
+  compactRevision: bigint;
+  cancelReason: string;
+  fragment: boolean;
+  events: WatchResponseEvent[];
+}
+
+function decodeEvent(r: Reader): WatchResponseEvent {
+  const event: WatchResponseEvent = { type: 'put', kv: { key: EMPTY, value: EMPTY, modRevision: 0n, lease: '0' } };
+  while (r.more) {
+    const tag = r.varint();
+    if (tag === (1 << 3) + VARINT) event.type = r.varint() === 1 ? 'delete' : 'put';
+    else if (tag === (2 << 3) + BYTES) event.kv = decodeKeyValue(r.embedded());
+    else r.skip(tag & 7);
+  }
+  return event;
+}
+
+export function decodeWatchResponse(buf: Buffer): WatchResponse {
+  const r = new Reader(buf);
+  const res: WatchResponse = { header: { revision: 0n, clusterId: '0' }, created: false, canceled: false, compactRevision: 0n, cancelReason: '', fragment: false, events: [] };
+  while (r.more) {
+    const tag = r.varint();
+    if (tag === (1 << 3) + BYTES) res.header = decodeHeader(r.embedded());
+    else if (tag === (3 << 3) + VARINT) res.created = r.varint() !== 0;
+    else if (tag === (4 << 3) + VARINT) res.canceled = r.varint() !== 0;
+    else if (tag === (5 << 3) + VARINT) res.compactRevision = r.int64();
+    else if (tag === (6 << 3) + BYTES) res.cancelReason = r.bytes().toString('utf8');
+    else if (tag === (7 << 3) + VARINT) res.fragment = r.varint() !== 0;
+    else if (tag === (11 << 3) + BYTES) res.events.push(decodeEvent(r.embedded()));
+    else r.skip(tag & 7);
+  }
+  return res;
+}
