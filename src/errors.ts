@@ -82,7 +82,6 @@ export class EtcdRequestError extends EtcdSyncError {
 const UNAVAILABLE = 14;
 const DEADLINE_EXCEEDED = 4;
 const RESOURCE_EXHAUSTED = 8;
-const OUT_OF_RANGE = 11;
 const UNAUTHENTICATED = 16;
 const PERMISSION_DENIED = 7;
 const CANCELLED = 1;
@@ -105,24 +104,19 @@ const TLS_HINTS = [
  */
 export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
   if (err instanceof EtcdSyncError) return err;
-  const e = err as { message?: unknown; code?: unknown; details?: unknown; name?: unknown };
+  const e = err as { message?: unknown; code?: unknown; details?: unknown };
   const message = typeof e?.message === 'string' ? e.message : String(err);
   const details = typeof e?.details === 'string' ? e.details : '';
-  const name = typeof e?.name === 'string' ? e.name : '';
-  // etcd3 re-creates gRPC errors as its own classes without `code`; the message keeps "14 UNAVAILABLE: ...".
-  const code = typeof e?.code === 'number' ? e.code : (ETCD3_CLASS_CODES[name] ?? codeFromMessage(message));
+  // grpc-js errors carry `code`; an error passed along as text keeps "14 UNAVAILABLE: ..." in its message.
+  const code = typeof e?.code === 'number' ? e.code : codeFromMessage(message);
   const text = `${message} ${details}`.toLowerCase();
   const cause = { cause: err };
   const short = oneLine(details || message);
 
-  if (
-    text.includes('authentication failed') ||
-    text.includes('invalid user id or password') ||
-    name === 'EtcdAuthenticationFailedError'
-  ) {
+  if (text.includes('authentication failed') || text.includes('invalid user id or password')) {
     return new AuthError(`${where}: authentication failed (wrong user or password)`, cause);
   }
-  if (text.includes('permission denied') || code === PERMISSION_DENIED || name === 'EtcdPermissionDeniedError') {
+  if (text.includes('permission denied') || code === PERMISSION_DENIED) {
     return new AuthError(`${where}: permission denied: ${short}`, cause);
   }
   if (text.includes('user name is empty') || code === UNAUTHENTICATED) {
@@ -134,7 +128,7 @@ export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
   if (code === RESOURCE_EXHAUSTED || text.includes('received message larger than max')) {
     return new TooLargeError(`${where}: reply too large: ${short}`, cause);
   }
-  if (code === UNAVAILABLE || code === DEADLINE_EXCEEDED || code === CANCELLED || name === 'GRPCConnectFailedError') {
+  if (code === UNAVAILABLE || code === DEADLINE_EXCEEDED || code === CANCELLED) {
     if (TLS_HINTS.some((hint) => text.includes(hint))) {
       return new TlsError(`${where}: TLS handshake failed: ${short}`, cause);
     }
@@ -153,17 +147,6 @@ export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
   }
   return new EtcdRequestError(`${where}: ${short}`, cause);
 }
-
-const ETCD3_CLASS_CODES: Record<string, number> = {
-  GRPCCancelledError: CANCELLED,
-  GRPCDeadlineExceededError: DEADLINE_EXCEEDED,
-  GRPCUnavailableError: UNAVAILABLE,
-  GRPCConnectFailedError: UNAVAILABLE,
-  GRPCResourceExhastedError: RESOURCE_EXHAUSTED,
-  GRPCOutOfRangeError: OUT_OF_RANGE,
-  GRPCUnauthenticatedError: UNAUTHENTICATED,
-  EtcdPermissionDeniedError: PERMISSION_DENIED,
-};
 
 function codeFromMessage(message: string): number | undefined {
   const m = /^(?:\w+: )?(\d{1,2}) [A-Z_]+:/.exec(message);

@@ -11,8 +11,12 @@ import {
   WATCH_PROGRESS_REQUEST,
   decodeRangeResponse,
   decodeTxnResponse,
+  decodeInt64Fields,
+  decodeStringField,
   decodeWatchResponse,
+  encodeInt64Fields,
   encodeRangeRequest,
+  encodeStringFields,
   encodeTxnRequest,
   encodeWatchCreateRequest,
 } from '../src/etcd/codec.js';
@@ -23,6 +27,8 @@ type Method = { requestDeserialize(b: Buffer): Record<string, unknown>; response
 const rpc = protoLoader.loadSync(rpcProto, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
 const kv = rpc['etcdserverpb.KV'] as unknown as Record<'Range' | 'Txn', Method>;
 const watch = (rpc['etcdserverpb.Watch'] as unknown as Record<'Watch', Method>).Watch;
+const lease = rpc['etcdserverpb.Lease'] as unknown as Record<'LeaseGrant' | 'LeaseRevoke' | 'LeaseTimeToLive' | 'LeaseKeepAlive', Method>;
+const authenticate = (rpc['etcdserverpb.Auth'] as unknown as Record<'Authenticate', Method>).Authenticate;
 
 const LEASE = '7587869523456789012'; // above 2^53: must survive exactly
 const BIG_REVISION = 2n ** 60n + 7n;
@@ -208,5 +214,31 @@ describe('decodeWatchResponse', () => {
   it('refuses a truncated reply', () => {
     const reply = watch.responseSerialize({ events: [{ type: 'Put', kv: kvOut(Buffer.from('/a'), Buffer.from('value'), '5') }] });
     expect(() => decodeWatchResponse(reply.subarray(0, reply.length - 2))).toThrow(/truncated/);
+  });
+});
+
+describe('lease and auth messages', () => {
+  it('encodes lease requests: TTL, IDs above 2^53, zero fields left out', () => {
+    expect(lease.LeaseGrant.requestDeserialize(encodeInt64Fields([[1, 30n]]))).toMatchObject({ TTL: '30', ID: '0' });
+    expect(lease.LeaseRevoke.requestDeserialize(encodeInt64Fields([[1, BigInt(LEASE)]]))).toMatchObject({ ID: LEASE });
+    expect(lease.LeaseTimeToLive.requestDeserialize(encodeInt64Fields([[1, BigInt(LEASE)]]))).toMatchObject({ ID: LEASE, keys: false });
+    expect(lease.LeaseKeepAlive.requestDeserialize(encodeInt64Fields([[1, 1n]]))).toMatchObject({ ID: '1' });
+    expect(encodeInt64Fields([[1, 0n]]).length).toBe(0);
+  });
+
+  it('reads the int64 fields of lease replies, negative TTLs included, past the header and keys', () => {
+    const ttl = decodeInt64Fields(
+      lease.LeaseTimeToLive.responseSerialize({ header: { revision: '99', cluster_id: '5' }, ID: LEASE, TTL: '-1', grantedTTL: '60', keys: [Buffer.from('/k')] }),
+    );
+    expect([ttl.get(2), ttl.get(3), ttl.get(4)]).toEqual([BigInt(LEASE), -1n, 60n]);
+    const grant = decodeInt64Fields(lease.LeaseGrant.responseSerialize({ header: { revision: '3' }, ID: '7', TTL: '10', error: '' }));
+    expect([grant.get(2), grant.get(3)]).toEqual([7n, 10n]);
+    expect(decodeInt64Fields(lease.LeaseKeepAlive.responseSerialize({ ID: '7' })).get(3)).toBeUndefined();
+  });
+
+  it('encodes the authenticate request and reads the token', () => {
+    expect(authenticate.requestDeserialize(encodeStringFields([[1, 'root'], [2, 'pä$s wörd']]))).toEqual({ name: 'root', password: 'pä$s wörd' });
+    expect(decodeStringField(authenticate.responseSerialize({ header: { revision: '1' }, token: 'abc.123' }), 2)).toBe('abc.123');
+    expect(decodeStringField(authenticate.responseSerialize({ header: { revision: '1' } }), 2)).toBe('');
   });
 });

@@ -402,3 +402,43 @@ export function decodeWatchResponse(buf: Buffer): WatchResponse {
   }
   return res;
 }
+
+/** A message of int64 fields only (lease requests): [field number, value], zero values left out. */
+export function encodeInt64Fields(fields: readonly [number, bigint][]): Buffer {
+  const present = fields.filter(([, v]) => v !== 0n);
+  const w = new Writer(present.reduce((size, [, v]) => size + 1 + bigVarintSize(v), 0));
+  for (const [field, v] of present) w.tag(field, VARINT).bigVarint(v);
+  return w.done();
+}
+
+/** A message of string fields only (AuthenticateRequest): [field number, value]. */
+export function encodeStringFields(fields: readonly [number, string][]): Buffer {
+  const bytes = fields.map(([field, v]) => [field, Buffer.from(v, 'utf8')] as const);
+  const w = new Writer(bytes.reduce((size, [, b]) => size + fieldSize(b.length), 0));
+  for (const [field, b] of bytes) w.bytes(field, b);
+  return w.done();
+}
+
+/** The int64 fields of a reply (lease replies; the header, field 1, is skipped), by field number; absent ones are 0. */
+export function decodeInt64Fields(buf: Buffer): Map<number, bigint> {
+  const r = new Reader(buf);
+  const fields = new Map<number, bigint>();
+  while (r.more) {
+    const tag = r.varint();
+    if ((tag & 7) === VARINT) fields.set(tag >>> 3, r.int64());
+    else r.skip(tag & 7);
+  }
+  return fields;
+}
+
+/** One string field of a reply (AuthenticateResponse.token), '' when absent. */
+export function decodeStringField(buf: Buffer, field: number): string {
+  const r = new Reader(buf);
+  let value = '';
+  while (r.more) {
+    const tag = r.varint();
+    if (tag === (field << 3) + BYTES) value = r.bytes().toString('utf8');
+    else r.skip(tag & 7);
+  }
+  return value;
+}

@@ -1,17 +1,12 @@
 /**
- * The only place that opens connections to etcd. Range and Txn, the calls that carry the
- * data, go over a raw grpc-js channel with etcd-sync's own protobuf codec (codec.ts).
- * Lease calls go through the etcd3 client with its own retries and circuit breaker
- * switched off, so that etcd-sync's retry loop (which reads `retryable` on typed errors)
- * is the one that decides. Streams (watch, lease keep-alive) use raw grpc-js clients on
- * etcd3's proto, because etcd3's Watcher loses events on reconnect.
+ * The only place that opens connections to etcd. Every call goes over raw grpc-js channels
+ * with etcd-sync's own protobuf codec (codec.ts): unary calls (KV, Lease, Auth) on one
+ * channel per side, and streams (watch, lease keep-alive) each on a channel of its own. No
+ * client library sits in between: etcd-sync's retry loop, which reads `retryable` on typed
+ * errors, is the one that decides, and a watch resumes from the revision etcd-sync applied.
  */
-import { createRequire } from 'node:module';
-import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { noop } from 'cockatiel';
-import { Etcd3 } from 'etcd3';
+import { decodeStringField, encodeStringFields } from './codec.js';
 import { AuthError, UnreachableError, fromGrpcError } from '../errors.js';
 
 export interface EtcdTls {
@@ -43,49 +38,28 @@ export const DEFAULT_MAX_RECEIVE_BYTES = 256 * 1024 * 1024;
 /** How long a stream token is reused: far below etcd's shortest usual token TTL (--auth-token-ttl, 300 s). */
 const STREAM_TOKEN_REUSE_MS = 10_000;
 
-const require = createRequire(import.meta.url);
-const rpcProtoPath = path.join(path.dirname(require.resolve('etcd3/package.json')), 'proto', 'rpc.proto');
+/** The unary calls etcd-sync makes, as `<service>/<method>` of etcd's rpc.proto. */
+export type UnaryMethod = 'KV/Range' | 'KV/Txn' | 'Lease/LeaseGrant' | 'Lease/LeaseRevoke' | 'Lease/LeaseTimeToLive';
 
-type RawClientCtor = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => grpc.Client;
-interface EtcdServices {
-  Watch: RawClientCtor;
-  Lease: RawClientCtor;
-  Auth: RawClientCtor;
-}
-let services: EtcdServices | undefined;
-function etcdServices(): EtcdServices {
-  if (services === undefined) {
-    const definition = protoLoader.loadSync(rpcProtoPath, {
-      keepCase: true,
-      longs: String,
-      enums: String,
-      defaults: true,
-      oneofs: true,
-    });
-    const loaded = grpc.loadPackageDefinition(definition) as unknown as { etcdserverpb: EtcdServices };
-    services = loaded.etcdserverpb;
-  }
-  return services;
-}
+const passThrough = (message: Buffer): Buffer => message;
 
 function hostOf(endpoint: string): string {
   return endpoint.replace(/^https?:\/\//, '').replace(/\/+$/, '');
 }
 
-/** One side of the pair: an etcd3 client plus raw stream clients, with errors typed by side. */
+/** One side of the pair: a channel for unary calls plus one per stream, with errors typed by side. */
 export class EtcdSide {
   readonly name: string;
   readonly endpoints: string[];
-  readonly client: Etcd3;
   private readonly credentials: grpc.ChannelCredentials;
   private readonly channelOptions: grpc.ChannelOptions;
   private readonly auth: EtcdSideConfig['auth'];
   private readonly callTimeoutMs: number;
   private nextEndpoint = 0;
-  private readonly rawClients: grpc.Client[] = [];
-  /** The channel Range and Txn go over, on one endpoint until that endpoint fails. */
-  private kvChannel: { client: grpc.Client; endpoint: string } | undefined;
-  private kvEndpoint = 0;
+  private readonly streamClients: grpc.Client[] = [];
+  /** The channel unary calls go over, on one endpoint until that endpoint fails. */
+  private unaryChannel: { client: grpc.Client; endpoint: string } | undefined;
+  private unaryEndpoint = 0;
   private token: Promise<string> | undefined;
   /** A recent token per endpoint for new streams: a replay opens many at once, and each authenticate costs etcd a bcrypt. */
   private readonly streamTokens = new Map<string, { token: Promise<string>; at: number }>();
@@ -109,38 +83,16 @@ export class EtcdSide {
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 5_000,
     };
-    this.client = new Etcd3({
-      hosts: config.endpoints,
-      ...(secure && config.tls
-        ? {
-            // grpc uses the system roots when rootCertificate is absent; etcd3's type insists on one.
-            credentials: { rootCertificate: config.tls.ca as Buffer, privateKey: config.tls.key, certChain: config.tls.cert },
-          }
-        : {}),
-      ...(config.auth ? { auth: { username: config.auth.username, password: config.auth.password } } : {}),
-      grpcOptions: this.channelOptions,
-      faultHandling: { host: () => noop, global: noop },
-      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + this.callTimeoutMs }),
-    });
-  }
-
-  /** Runs a unary etcd call, turning failures into typed errors that name this side. */
-  async call<T>(what: string, fn: (client: Etcd3) => Promise<T>): Promise<T> {
-    try {
-      return await fn(this.client);
-    } catch (err) {
-      throw fromGrpcError(err, `${this.name} etcd (${this.endpoints.join(',')}) ${what}`);
-    }
   }
 
   /**
-   * A KV call (`Range` or `Txn`) with a request encoded by codec.ts and a reply decoded by
-   * `decode`. An unreachable endpoint makes the next call use the next endpoint; an expired
-   * auth token is renewed once.
+   * A unary call with a request encoded by codec.ts and a reply decoded by `decode`. An
+   * unreachable endpoint makes the next call use the next endpoint; an expired auth token is
+   * renewed once.
    */
-  async kv<T>(what: string, method: 'Range' | 'Txn', request: Buffer, decode: (reply: Buffer) => T): Promise<T> {
+  async unary<T>(what: string, method: UnaryMethod, request: Buffer, decode: (reply: Buffer) => T): Promise<T> {
     for (let attempt = 0; ; attempt++) {
-      const channel = this.currentKvChannel();
+      const channel = this.currentUnaryChannel();
       try {
         const metadata = new grpc.Metadata();
         if (this.auth) {
@@ -149,8 +101,8 @@ export class EtcdSide {
         }
         return await new Promise<T>((resolve, reject) => {
           channel.client.makeUnaryRequest(
-            `/etcdserverpb.KV/${method}`,
-            (message: Buffer) => message,
+            `/etcdserverpb.${method}`,
+            passThrough,
             decode,
             request,
             metadata,
@@ -164,9 +116,9 @@ export class EtcdSide {
           continue;
         }
         const typed = fromGrpcError(err, `${this.name} etcd (${channel.endpoint}) ${what}`);
-        if (typed instanceof UnreachableError && this.kvChannel === channel) {
-          this.kvChannel = undefined;
-          this.kvEndpoint++;
+        if (typed instanceof UnreachableError && this.unaryChannel === channel) {
+          this.unaryChannel = undefined;
+          this.unaryEndpoint++;
           this.token = undefined;
           channel.client.close();
         }
@@ -177,22 +129,21 @@ export class EtcdSide {
     }
   }
 
-  private currentKvChannel(): { client: grpc.Client; endpoint: string } {
-    if (this.kvChannel === undefined) {
-      const endpoint = this.endpoints[this.kvEndpoint % this.endpoints.length] as string;
-      this.kvChannel = { client: new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions), endpoint };
+  private currentUnaryChannel(): { client: grpc.Client; endpoint: string } {
+    if (this.unaryChannel === undefined) {
+      const endpoint = this.endpoints[this.unaryEndpoint % this.endpoints.length] as string;
+      this.unaryChannel = { client: new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions), endpoint };
     }
-    return this.kvChannel;
+    return this.unaryChannel;
   }
 
-  /** A raw grpc-js client on the next endpoint, and the metadata (auth token) to call it with. */
-  async rawClient(service: 'Watch' | 'Lease'): Promise<{ client: grpc.Client; metadata: grpc.Metadata; endpoint: string }> {
+  /** A grpc-js channel of its own for a stream, on the next endpoint, and the metadata (auth token) to open it with. */
+  async streamClient(): Promise<{ client: grpc.Client; metadata: grpc.Metadata; endpoint: string }> {
     const endpoint = this.endpoints[this.nextEndpoint % this.endpoints.length] as string;
     this.nextEndpoint++;
-    const Ctor = etcdServices()[service];
     // A private subchannel pool: closing one stream's channel must not drop another's connection.
-    const client = new Ctor(hostOf(endpoint), this.credentials, { ...this.channelOptions, 'grpc.use_local_subchannel_pool': 1 });
-    this.rawClients.push(client);
+    const client = new grpc.Client(hostOf(endpoint), this.credentials, { ...this.channelOptions, 'grpc.use_local_subchannel_pool': 1 });
+    this.streamClients.push(client);
     const metadata = new grpc.Metadata();
     // A member without a raft leader cancels the stream instead of stalling it silently.
     metadata.set('hasleader', 'true');
@@ -209,43 +160,48 @@ export class EtcdSide {
           throw err;
         }));
       } catch (err) {
-        this.dropRawClient(client);
+        this.dropStreamClient(client);
         throw fromGrpcError(err, `${this.name} etcd (${endpoint}) authenticate`);
       }
     }
     return { client, metadata, endpoint };
   }
 
-  dropRawClient(client: grpc.Client): void {
-    const i = this.rawClients.indexOf(client);
-    if (i >= 0) this.rawClients.splice(i, 1);
+  dropStreamClient(client: grpc.Client): void {
+    const i = this.streamClients.indexOf(client);
+    if (i >= 0) this.streamClients.splice(i, 1);
     client.close();
   }
 
   private authenticate(endpoint: string): Promise<string> {
     const auth = this.auth;
     if (!auth) return Promise.resolve('');
-    const client = new (etcdServices().Auth)(hostOf(endpoint), this.credentials, this.channelOptions);
+    const client = new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions);
+    // AuthenticateRequest{name = 1, password = 2} -> AuthenticateResponse{token = 2}.
+    const request = encodeStringFields([
+      [1, auth.username],
+      [2, auth.password],
+    ]);
     return new Promise<string>((resolve, reject) => {
-      const call = client as unknown as {
-        authenticate(
-          req: { name: string; password: string },
-          opts: grpc.CallOptions,
-          cb: (err: Error | null, res?: { token: string }) => void,
-        ): void;
-      };
-      call.authenticate({ name: auth.username, password: auth.password }, { deadline: Date.now() + this.callTimeoutMs }, (err, res) => {
-        client.close();
-        if (err) reject(err);
-        else resolve(res?.token ?? '');
-      });
+      client.makeUnaryRequest(
+        '/etcdserverpb.Auth/Authenticate',
+        passThrough,
+        (reply: Buffer) => decodeStringField(reply, 2),
+        request,
+        new grpc.Metadata(),
+        { deadline: Date.now() + this.callTimeoutMs },
+        (err, token) => {
+          client.close();
+          if (err) reject(err);
+          else resolve(token ?? '');
+        },
+      );
     });
   }
 
   close(): void {
-    this.kvChannel?.client.close();
-    this.kvChannel = undefined;
-    for (const client of this.rawClients.splice(0)) client.close();
-    this.client.close();
+    this.unaryChannel?.client.close();
+    this.unaryChannel = undefined;
+    for (const client of this.streamClients.splice(0)) client.close();
   }
 }

@@ -30,7 +30,7 @@ export interface Header {
 }
 
 function range(side: EtcdSide, what: string, request: RangeRequest): Promise<RangeResponse> {
-  return side.kv(what, 'Range', encodeRangeRequest(request), decodeRangeResponse);
+  return side.unary(what, 'KV/Range', encodeRangeRequest(request), decodeRangeResponse);
 }
 
 /** Current revision and cluster ID of a side (a one-key count-only range). */
@@ -122,7 +122,7 @@ export async function* scanPages(
 
 /** One transaction. Returns whether the compares held (and so whether the ops ran). */
 export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = []): Promise<{ succeeded: boolean; header: Header }> {
-  const res = await side.kv(`txn of ${ops.length} ops`, 'Txn', encodeTxnRequest(compares, ops), decodeTxnResponse);
+  const res = await side.unary(`txn of ${ops.length} ops`, 'KV/Txn', encodeTxnRequest(compares, ops), decodeTxnResponse);
   return { succeeded: res.succeeded, header: res.header };
 }
 
@@ -135,7 +135,7 @@ export async function getMany(side: EtcdSide, keys: readonly Buffer[], revision?
   for (let i = 0; i < keys.length; i += GET_MANY_CHUNK) {
     const chunk = keys.slice(i, i + GET_MANY_CHUNK);
     const reads = chunk.map((key): TxnOp => ({ type: 'range', request: { key, ...(revision !== undefined ? { revision } : {}) } }));
-    const res = await side.kv(`get ${chunk.length} keys`, 'Txn', encodeTxnRequest([], reads), decodeTxnResponse);
+    const res = await side.unary(`get ${chunk.length} keys`, 'KV/Txn', encodeTxnRequest([], reads), decodeTxnResponse);
     for (const range of res.ranges) for (const kv of range.kvs) found.set(kv.key.toString('latin1'), kv);
   }
   return found;

@@ -1,31 +1,35 @@
-/** etcd lease calls. Lease IDs stay decimal strings, as etcd3 returns them. */
+/** etcd lease calls. Lease IDs stay decimal strings (int64, as etcd prints them). */
 import type * as grpc from '@grpc/grpc-js';
-import { EtcdLeaseInvalidError } from 'etcd3';
 import { fromGrpcError } from '../errors.js';
+import { decodeInt64Fields, encodeInt64Fields } from './codec.js';
 import type { EtcdSide } from './connection.js';
+
+const leaseId = (id: string): bigint => BigInt(id);
+const passThrough = (message: Buffer): Buffer => message;
 
 /** Remaining and granted TTL in seconds; remaining <= 0 when the lease is gone. */
 export async function leaseTimeToLive(side: EtcdSide, id: string): Promise<{ ttl: number; grantedTtl: number }> {
   try {
-    const res = await side.call(`lease ${id} time-to-live`, (c) => c.leaseClient.leaseTimeToLive({ ID: id }));
-    return { ttl: Number(res.TTL), grantedTtl: Number(res.grantedTTL) };
+    // LeaseTimeToLiveRequest{ID = 1} -> LeaseTimeToLiveResponse{ID = 2, TTL = 3, grantedTTL = 4}.
+    const res = await side.unary(`lease ${id} time-to-live`, 'Lease/LeaseTimeToLive', encodeInt64Fields([[1, leaseId(id)]]), decodeInt64Fields);
+    return { ttl: Number(res.get(3) ?? 0n), grantedTtl: Number(res.get(4) ?? 0n) };
   } catch (err) {
-    if ((err as { cause?: unknown }).cause instanceof EtcdLeaseInvalidError || /lease not found/.test(String(err))) {
-      return { ttl: -1, grantedTtl: 0 };
-    }
+    if (/lease not found/.test(String(err))) return { ttl: -1, grantedTtl: 0 };
     throw err;
   }
 }
 
 /** Grants a lease; etcd may raise a TTL below its minimum, so the granted TTL is returned. */
 export async function leaseGrant(side: EtcdSide, ttlSeconds: number): Promise<{ id: string; ttl: number }> {
-  const res = await side.call('lease grant', (c) => c.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
-  return { id: res.ID, ttl: Number(res.TTL) };
+  // LeaseGrantRequest{TTL = 1, ID = 2 (0: etcd picks)} -> LeaseGrantResponse{ID = 2, TTL = 3}.
+  const res = await side.unary('lease grant', 'Lease/LeaseGrant', encodeInt64Fields([[1, BigInt(ttlSeconds)]]), decodeInt64Fields);
+  return { id: (res.get(2) ?? 0n).toString(), ttl: Number(res.get(3) ?? 0n) };
 }
 
 export async function leaseRevoke(side: EtcdSide, id: string): Promise<void> {
   try {
-    await side.call(`lease ${id} revoke`, (c) => c.leaseClient.leaseRevoke({ ID: id }));
+    // LeaseRevokeRequest{ID = 1}.
+    await side.unary(`lease ${id} revoke`, 'Lease/LeaseRevoke', encodeInt64Fields([[1, leaseId(id)]]), passThrough);
   } catch (err) {
     if (/lease not found/.test(String(err))) return;
     throw err;
@@ -34,20 +38,25 @@ export async function leaseRevoke(side: EtcdSide, id: string): Promise<void> {
 
 /** One keep-alive round trip; returns the new remaining TTL (0 when the lease is gone). */
 export async function leaseKeepAliveOnce(side: EtcdSide, id: string): Promise<number> {
-  const { client, metadata, endpoint } = await side.rawClient('Lease');
+  const { client, metadata, endpoint } = await side.streamClient();
   try {
     return await new Promise<number>((resolve, reject) => {
-      const call = (client as unknown as { leaseKeepAlive(md: grpc.Metadata, opts: grpc.CallOptions): grpc.ClientDuplexStream<object, { TTL: string }> }).leaseKeepAlive(metadata, {
-        deadline: Date.now() + 10_000,
-      });
-      call.on('data', (res: { TTL: string }) => {
-        resolve(Number(res.TTL));
+      // LeaseKeepAliveRequest{ID = 1} -> LeaseKeepAliveResponse{ID = 2, TTL = 3}.
+      const call: grpc.ClientDuplexStream<Buffer, Map<number, bigint>> = client.makeBidiStreamRequest(
+        '/etcdserverpb.Lease/LeaseKeepAlive',
+        passThrough,
+        decodeInt64Fields,
+        metadata,
+        { deadline: Date.now() + 10_000 },
+      );
+      call.on('data', (res: Map<number, bigint>) => {
+        resolve(Number(res.get(3) ?? 0n));
         call.end();
       });
       call.on('error', (err) => reject(fromGrpcError(err, `${side.name} etcd (${endpoint}) lease ${id} keep-alive`)));
-      call.write({ ID: id });
+      call.write(encodeInt64Fields([[1, leaseId(id)]]));
     });
   } finally {
-    side.dropRawClient(client);
+    side.dropStreamClient(client);
   }
 }

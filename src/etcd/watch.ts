@@ -53,7 +53,7 @@ export class WatchStream {
    * by the caller like any unreachable endpoint.
    */
   static async open(side: EtcdSide, request: WatchRequest, signal?: AbortSignal, createTimeoutMs = 30_000): Promise<WatchStream> {
-    const { client, metadata, endpoint } = await side.rawClient('Watch');
+    const { client, metadata, endpoint } = await side.streamClient();
     const where = `${side.name} etcd (${endpoint}) watch from revision ${request.startRevision}`;
     // Encoded and decoded by codec.ts: a watch at a few thousand events/s spent more CPU in
     // protobufjs (int64 through Long to string, object copies) than in anything else.
@@ -151,6 +151,6 @@ export class WatchStream {
     if (this.closed) return;
     this.closed = true;
     this.call.cancel();
-    this.side.dropRawClient(this.client);
+    this.side.dropStreamClient(this.client);
   }
 }
