@@ -15,7 +15,7 @@ export interface LagResult {
   writes: number;
   /** Writes never seen in the destination's watch within the drain limit. */
   unseen: number;
-  /** Probe keys whose value at the destination differs from the primary's after the drain. */
+  /** Probe keys whose value at the destination still differs from the primary's 30 s after the drain. */
   keysDiffering: number;
   p50Ms: number;
   p99Ms: number;
@@ -29,6 +29,8 @@ const PROBE_KEYS = 1000;
 /** Writes in flight before the writer counts itself as the bottleneck and waits. */
 const MAX_IN_FLIGHT = 2000;
 const TICK_MS = 5;
+/** How long the end state may take to equal the primary's after the drain before keys count as differing. */
+const END_STATE_WAIT_MS = 30_000;
 
 function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
@@ -89,11 +91,21 @@ export async function measureLag(
   }
   await watcher.cancel();
   if (failed !== undefined) throw failed;
-  // Whatever the watch showed, the end state must be the primary's.
+  // Whatever the watch showed, the end state must be the primary's. Not at once: concurrent
+  // puts to one key may reach the primary in the opposite order of their ids, and then seeing
+  // the later id (counted as delivering the earlier one) precedes the primary's last write.
   const range = { key: Buffer.from(prefix), range_end: Buffer.from(`${prefix.slice(0, -1)}0`) };
-  const [source, copy] = await Promise.all([writer.kv.range(range), destination.kv.range(range)]);
-  const copied = new Map(copy.kvs.map((kv) => [kv.key.toString('latin1'), kv.value]));
-  const keysDiffering = source.kvs.filter((kv) => !copied.get(kv.key.toString('latin1'))?.equals(kv.value)).length + Math.max(0, copy.kvs.length - source.kvs.length);
+  const differing = async (): Promise<number> => {
+    const [source, copy] = await Promise.all([writer.kv.range(range), destination.kv.range(range)]);
+    const copied = new Map(copy.kvs.map((kv) => [kv.key.toString('latin1'), kv.value]));
+    return source.kvs.filter((kv) => !copied.get(kv.key.toString('latin1'))?.equals(kv.value)).length + Math.max(0, copy.kvs.length - source.kvs.length);
+  };
+  const settleUntil = performance.now() + END_STATE_WAIT_MS;
+  let keysDiffering = await differing();
+  while (keysDiffering > 0 && performance.now() < settleUntil) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    keysDiffering = await differing();
+  }
   const lags = lag.slice(0, issued).filter((l): l is number => l !== undefined);
   const sorted = [...lags].sort((a, b) => a - b);
   const third = Math.floor(issued / 3);

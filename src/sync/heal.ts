@@ -7,7 +7,7 @@
 import type { Logger } from 'pino';
 import { CompactedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { getMany, readHeader } from '../etcd/kv.js';
+import { type Compare, getMany, readHeader } from '../etcd/kv.js';
 import { WatchStream } from '../etcd/watch.js';
 import type { Scope } from '../scope.js';
 import { AbortedError, delay, withRetry } from './retry.js';
@@ -122,17 +122,24 @@ export class SelfHealer {
 
   private async heal(id: string, state: KeyState): Promise<void> {
     state.timer = undefined;
-    // An event can arrive before etcd-sync's own txn has returned: look again now.
-    const foreign = state.pendingRevisions.filter((rev) => !this.writer.isOwn(rev));
-    state.pendingRevisions = [];
-    if (foreign.length === 0) return;
     try {
+      // An event can arrive before etcd-sync's own txn has returned: judge once every txn sent has.
+      await this.writer.settled();
+      const foreign = state.pendingRevisions.filter((rev) => !this.writer.isOwn(rev));
+      state.pendingRevisions = [];
+      if (foreign.length === 0) return;
       const [p, s] = await Promise.all([getMany(this.primary, [state.key]), getMany(this.standby, [state.key])]);
       const wanted = p.get(id);
       const copy = s.get(id);
       // Not a synced key (only the standby has it), or already equal again: nothing to restore.
       if (!wanted || (copy && copy.value.equals(wanted.value))) return;
-      await this.writer.write([{ type: 'put', key: wanted.key, value: wanted.value, lease: wanted.lease }]);
+      // Only over the standby's version just read: a newer one streamed meanwhile must not be
+      // replaced by this older read of the primary.
+      const unchanged: Compare = copy
+        ? { key: state.key, target: 'Mod', result: 'Equal', version: copy.modRevision }
+        : { key: state.key, target: 'Version', result: 'Equal', version: 0n };
+      const restored = await this.writer.write([{ type: 'put', key: wanted.key, value: wanted.value, lease: wanted.lease }], [], [unchanged]);
+      if (!restored) return;
       this.heals++;
       state.streak++;
       state.lastHealAt = Date.now();

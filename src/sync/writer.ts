@@ -29,6 +29,8 @@ export interface WriterHooks {
 
 export class StandbyWriter {
   private readonly ownRevisions = new Set<bigint>();
+  /** Txns sent and not answered yet. */
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(
     private readonly standby: EtcdSide,
@@ -86,7 +88,9 @@ export class StandbyWriter {
     const fence = this.hooks.fence;
     const all = fence ? [...compares, ...fence.compares()] : compares;
     const started = performance.now();
-    const result = await this.retry('write to standby', () => txn(this.standby, ops, all));
+    const sent = this.retry('write to standby', () => txn(this.standby, ops, all));
+    this.inFlight.add(sent);
+    const result = await sent.finally(() => this.inFlight.delete(sent));
     this.hooks.onTxn?.((performance.now() - started) / 1000);
     if (result.succeeded) this.remember(result.header.revision);
     else if (fence) await fence.verify();
@@ -99,6 +103,14 @@ export class StandbyWriter {
       const oldest = this.ownRevisions.values().next().value;
       if (oldest !== undefined) this.ownRevisions.delete(oldest);
     }
+  }
+
+  /**
+   * Resolves once every txn sent so far has been answered: after it, isOwn knows each of them.
+   * (The standby's watch can show a txn's change before the txn's answer reaches etcd-sync.)
+   */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.inFlight]);
   }
 
   /** Whether a standby revision is one of etcd-sync's own recent writes. */
