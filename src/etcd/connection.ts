@@ -6,7 +6,7 @@
  * errors, is the one that decides, and a watch resumes from the revision etcd-sync applied.
  */
 import * as grpc from '@grpc/grpc-js';
-import { decodeStringField, encodeStringFields } from './codec.js';
+import { decodeStringField, encodeStringFields, passThrough } from './codec.js';
 import { AuthError, UnreachableError, fromGrpcError } from '../errors.js';
 
 export interface EtcdTls {
@@ -40,8 +40,6 @@ const STREAM_TOKEN_REUSE_MS = 10_000;
 
 /** The unary calls etcd-sync makes, as `<service>/<method>` of etcd's rpc.proto. */
 export type UnaryMethod = 'KV/Range' | 'KV/Txn' | 'Lease/LeaseGrant' | 'Lease/LeaseRevoke' | 'Lease/LeaseTimeToLive';
-
-const passThrough = (message: Buffer): Buffer => message;
 
 function hostOf(endpoint: string): string {
   return endpoint.replace(/^https?:\/\//, '').replace(/\/+$/, '');

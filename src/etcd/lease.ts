@@ -1,11 +1,10 @@
 /** etcd lease calls. Lease IDs stay decimal strings (int64, as etcd prints them). */
 import type * as grpc from '@grpc/grpc-js';
 import { fromGrpcError } from '../errors.js';
-import { decodeInt64Fields, encodeInt64Fields } from './codec.js';
+import { decodeInt64Fields, encodeInt64Fields, passThrough } from './codec.js';
 import type { EtcdSide } from './connection.js';
 
 const leaseId = (id: string): bigint => BigInt(id);
-const passThrough = (message: Buffer): Buffer => message;
 
 /** Remaining and granted TTL in seconds; remaining <= 0 when the lease is gone. */
 export async function leaseTimeToLive(side: EtcdSide, id: string): Promise<{ ttl: number; grantedTtl: number }> {

@@ -6,7 +6,7 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { CompactedError, UnreachableError, fromGrpcError } from '../errors.js';
-import { WATCH_PROGRESS_REQUEST, type WatchResponse, decodeWatchResponse, encodeWatchCreateRequest } from './codec.js';
+import { WATCH_PROGRESS_REQUEST, type WatchResponse, decodeWatchResponse, encodeWatchCreateRequest, passThrough } from './codec.js';
 import type { EtcdSide } from './connection.js';
 
 export interface WatchEvent {
@@ -20,12 +20,10 @@ export interface WatchEvent {
 }
 
 export type WatchMessage =
-  /** Events in revision order. */
   /** Events in revision order; `headerRevision` is the primary store's revision when they were sent. */
   | { kind: 'events'; events: WatchEvent[]; headerRevision: bigint }
   /** No event at or below `revision` is still to come (a progress notification). */
   | { kind: 'progress'; revision: bigint };
-
 
 type Duplex = grpc.ClientDuplexStream<Buffer, WatchResponse>;
 
@@ -57,7 +55,7 @@ export class WatchStream {
     const where = `${side.name} etcd (${endpoint}) watch from revision ${request.startRevision}`;
     // Encoded and decoded by codec.ts: a watch at a few thousand events/s spent more CPU in
     // protobufjs (int64 through Long to string, object copies) than in anything else.
-    const call: Duplex = client.makeBidiStreamRequest('/etcdserverpb.Watch/Watch', (message: Buffer) => message, decodeWatchResponse, metadata, {});
+    const call: Duplex = client.makeBidiStreamRequest('/etcdserverpb.Watch/Watch', passThrough, decodeWatchResponse, metadata, {});
     call.on('error', () => undefined); // surfaced through the iterator
     const iterator = call[Symbol.asyncIterator]() as AsyncIterator<WatchResponse>;
     const stream = new WatchStream(side, client, call, iterator, request.startRevision, where);
