@@ -5,7 +5,7 @@
  * etcd range over a sorted key list counts those visits.
  */
 import { describe, expect, it } from 'vitest';
-import { ScanPlan, nextBound } from '../src/etcd/kv.js';
+import { type KeyValue, PageSizer, ScanPlan, nextBound } from '../src/etcd/kv.js';
 import { prefixEnd } from '../src/scope.js';
 
 const cmp = (a: Buffer, b: Buffer): number => Buffer.compare(a, b);
@@ -167,5 +167,55 @@ describe('ScanPlan', () => {
       // Adversarial shapes (clusters inside clusters) may cost as much as unbounded pages; never much more.
       expect(visits, `seed ${seed}`).toBeLessThanOrEqual(1.2 * ((all.length * all.length) / (2 * limit) + all.length));
     }
+  });
+});
+
+describe('PageSizer', () => {
+  const page = (keys: number, valueBytes: number): KeyValue[] =>
+    Array.from({ length: keys }, (_, i) => ({ key: Buffer.from(`/k/${String(i).padStart(7, '0')}`), value: Buffer.alloc(valueBytes), modRevision: 1n, lease: '0' }));
+  const MiB = 1024 * 1024;
+
+  it('starts at 1000 keys, then aims at the byte budget, growing at most 2x a page', () => {
+    const sizer = new PageSizer(8 * MiB, 50_000);
+    expect(sizer.size).toBe(1000);
+    const sizes = [];
+    for (let i = 0; i < 5; i++) {
+      sizer.observe(page(sizer.size, 1014)); // 1 KiB per key with the 10-byte keys
+      sizes.push(sizer.size);
+    }
+    expect(sizes).toEqual([2000, 4000, 8000, 8192, 8192]);
+  });
+
+  it('after small values, a page is at most twice the last, and never over maxKeys', () => {
+    const sizer = new PageSizer(8 * MiB, 50_000);
+    for (let i = 0; i < 10; i++) sizer.observe(page(sizer.size, 20));
+    expect(sizer.size).toBe(50_000);
+    // Large values after the small ones: shrinks at once.
+    sizer.observe(page(100, 100 * 1024 - 10));
+    expect(sizer.size).toBe(81);
+  });
+
+  it('remembers large values for a while: half the estimate per page', () => {
+    const sizer = new PageSizer(8 * MiB, 50_000);
+    sizer.observe(page(10, 1024 * 1024 - 10)); // 1 MiB per key: 8 keys a page
+    expect(sizer.size).toBe(8);
+    const sizes = [];
+    for (let i = 0; i < 6; i++) {
+      sizer.observe(page(sizer.size, 100));
+      sizes.push(sizer.size);
+    }
+    // The estimate halves per page (512, 256, 128 ... KiB), and the size at most doubles.
+    expect(sizes).toEqual([16, 32, 64, 128, 256, 512]);
+  });
+
+  it('ignores pages of fewer than two keys, and halves on a reply too large', () => {
+    const sizer = new PageSizer(8 * MiB, 50_000);
+    sizer.observe(page(1, 10 * MiB));
+    sizer.observe([]);
+    expect(sizer.size).toBe(1000);
+    expect(sizer.halve()).toBe(true);
+    expect(sizer.size).toBe(500);
+    const one = new PageSizer(8 * MiB, 1);
+    expect(one.halve()).toBe(false);
   });
 });

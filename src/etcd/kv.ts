@@ -64,17 +64,38 @@ const FIRST_PAGE_SIZE = 1000;
 export const DEFAULT_PAGE_BYTES = 8 * 1024 * 1024;
 
 /**
- * Keys to ask for in the next page: about `pageBytes` of payload at the average size of
- * `page`, at most `maxKeys`. Large pages matter: etcd (3.4-3.6) counts every remaining key
- * of the range on each limited request (etcd-io/etcd#16510), so a scan in pages of P keys
- * costs the server N²/2P key visits; by bytes, memory stays bounded whatever the values.
+ * Keys to ask for in each page: about `pageBytes` of payload, at most `maxKeys`. The size
+ * per key is the larger of the last page's average and half the estimate before it, and a
+ * page asks for at most twice the keys of the one before: after a stretch of small values
+ * (50,000 keys a page), a stretch of large ones should not arrive in one page of 50,000.
  */
-export function nextPageSize(page: readonly KeyValue[], pageBytes: number, maxKeys: number): number {
-  if (page.length === 0) return Math.min(maxKeys, FIRST_PAGE_SIZE);
-  let bytes = 0;
-  for (const kv of page) bytes += kv.key.length + kv.value.length;
-  const average = Math.max(1, bytes / page.length);
-  return Math.max(1, Math.min(maxKeys, Math.floor(pageBytes / average)));
+export class PageSizer {
+  /** Keys of the next page. */
+  size: number;
+  private bytesPerKey = 0;
+
+  constructor(
+    private readonly pageBytes: number,
+    private readonly maxKeys: number,
+  ) {
+    this.size = Math.min(maxKeys, FIRST_PAGE_SIZE);
+  }
+
+  /** After a page: sizes the next one. A page of fewer than two keys says nothing of sizes. */
+  observe(page: readonly KeyValue[]): void {
+    if (page.length < 2) return;
+    let bytes = 0;
+    for (const kv of page) bytes += kv.key.length + kv.value.length;
+    this.bytesPerKey = Math.max(1, bytes / page.length, this.bytesPerKey / 2);
+    this.size = Math.max(1, Math.min(this.maxKeys, 2 * this.size, Math.floor(this.pageBytes / this.bytesPerKey)));
+  }
+
+  /** After a reply too large to receive. */
+  halve(): boolean {
+    if (this.size <= 1) return false;
+    this.size = Math.max(1, Math.floor(this.size / 2));
+    return true;
+  }
 }
 
 /** Bytes after the common prefix that a key's position in the keyspace is read from. */
@@ -185,7 +206,7 @@ export class ScanPlan {
 
 /**
  * Reads [key, rangeEnd) in key order, one page at a time, so that memory is bounded by
- * two pages (see nextPageSize), and etcd's count per request by about a page (ScanPlan). A
+ * two pages (see PageSizer), and etcd's count per request by about a page (ScanPlan). A
  * page over the gRPC receive limit is asked again with half the limit. The next page is
  * requested while the caller works on the current one.
  */
@@ -196,18 +217,15 @@ export async function* scanPages(
 ): AsyncGenerator<KeyValue[]> {
   const maxKeys = request.pageSize ?? DEFAULT_PAGE_SIZE;
   const pageBytes = request.pageBytes ?? DEFAULT_PAGE_BYTES;
-  let pageSize = nextPageSize([], pageBytes, maxKeys);
+  const pages = new PageSizer(pageBytes, maxKeys);
   const fetchPage = async (key: Buffer, rangeEnd: Buffer): Promise<RangePage> => {
     for (;;) {
       try {
         return await retry(`read ${side.name}`, () =>
-          rangePage(side, { key, rangeEnd, limit: pageSize, ...(request.revision !== undefined ? { revision: request.revision } : {}) }),
+          rangePage(side, { key, rangeEnd, limit: pages.size, ...(request.revision !== undefined ? { revision: request.revision } : {}) }),
         );
       } catch (err) {
-        if (err instanceof TooLargeError && pageSize > 1) {
-          pageSize = Math.max(1, Math.floor(pageSize / 2));
-          continue;
-        }
+        if (err instanceof TooLargeError && pages.halve()) continue;
         throw err;
       }
     }
@@ -217,9 +235,8 @@ export async function* scanPages(
   while (pending !== undefined) {
     const page: RangePage = await pending;
     pending = undefined;
-    // Sized by a page with a few keys at least; an almost empty one says nothing of sizes.
-    if (page.kvs.length >= 2) pageSize = nextPageSize(page.kvs, pageBytes, maxKeys);
-    const next = plan.next(page.kvs, page.more, pageSize * BOUND_PAGES);
+    pages.observe(page.kvs);
+    const next = plan.next(page.kvs, page.more, pages.size * BOUND_PAGES);
     if (next !== undefined) {
       pending = fetchPage(next.from, next.bound);
       // Avoid an unhandled rejection if the consumer stops before awaiting it.

@@ -122,11 +122,14 @@ export class SelfHealer {
 
   private async heal(id: string, state: KeyState): Promise<void> {
     state.timer = undefined;
+    // Taken now: changes that arrive while this heal waits belong to the next one, which waits
+    // for the txns sent until then.
+    const pending = state.pendingRevisions;
+    state.pendingRevisions = [];
     try {
       // An event can arrive before etcd-sync's own txn has returned: judge once every txn sent has.
       await this.writer.settled();
-      const foreign = state.pendingRevisions.filter((rev) => !this.writer.isOwn(rev));
-      state.pendingRevisions = [];
+      const foreign = pending.filter((rev) => !this.writer.isOwn(rev));
       if (foreign.length === 0) return;
       const [p, s] = await Promise.all([getMany(this.primary, [state.key]), getMany(this.standby, [state.key])]);
       const wanted = p.get(id);

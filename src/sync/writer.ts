@@ -84,13 +84,18 @@ export class StandbyWriter {
     }
   }
 
-  private async txn(ops: WriteOp[], compares: Compare[]): Promise<boolean> {
+  /** One txn, tracked until its revision is remembered (see settled). */
+  private txn(ops: WriteOp[], compares: Compare[]): Promise<boolean> {
+    const written = this.txnOnce(ops, compares);
+    this.inFlight.add(written);
+    return written.finally(() => this.inFlight.delete(written));
+  }
+
+  private async txnOnce(ops: WriteOp[], compares: Compare[]): Promise<boolean> {
     const fence = this.hooks.fence;
     const all = fence ? [...compares, ...fence.compares()] : compares;
     const started = performance.now();
-    const sent = this.retry('write to standby', () => txn(this.standby, ops, all));
-    this.inFlight.add(sent);
-    const result = await sent.finally(() => this.inFlight.delete(sent));
+    const result = await this.retry('write to standby', () => txn(this.standby, ops, all));
     this.hooks.onTxn?.((performance.now() - started) / 1000);
     if (result.succeeded) this.remember(result.header.revision);
     else if (fence) await fence.verify();
@@ -106,7 +111,8 @@ export class StandbyWriter {
   }
 
   /**
-   * Resolves once every txn sent so far has been answered: after it, isOwn knows each of them.
+   * Resolves once every txn sent so far has been answered and its revision remembered: after
+   * it, isOwn knows each of them.
    * (The standby's watch can show a txn's change before the txn's answer reaches etcd-sync.)
    */
   async settled(): Promise<void> {
