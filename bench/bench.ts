@@ -15,7 +15,7 @@ import type { Etcd3 } from 'etcd3';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { type LagResult, measureLag } from './lag.js';
+import { LAG_PREFIX, type LagResult, measureLag } from './lag.js';
 import { IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
@@ -28,7 +28,6 @@ const LAG_RATES = optionValue('--lag-rates', '1000,2000,4000')
   .map(Number);
 const ETCD_BIN = process.env.ETCD_BIN ?? '.tools/etcd-3.5/usr/bin/etcd';
 const ETCDCTL = process.env.ETCDCTL_BIN ?? path.join(path.dirname(ETCD_BIN), 'etcdctl');
-const LAG_PREFIX = '/registry/configmaps/bench-lag/';
 const MARKER = '/registry/configmaps/bench-marker/stream-done';
 const HOUR = 3_600_000;
 /** Node flags for every etcd-sync process, as the container image sets them (`--node-options ''` for none). */

@@ -24,6 +24,9 @@ export interface LagResult {
   growthMs: number;
 }
 
+/** Where the probe writes: inside the synced prefix, apart from the bench's other keys. */
+export const LAG_PREFIX = '/registry/configmaps/bench-lag/';
+
 /** Distinct keys the probe cycles through (Kubernetes objects are rewritten in place too). */
 const PROBE_KEYS = 1000;
 /** Writes in flight before the writer counts itself as the bottleneck and waits. */

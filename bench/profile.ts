@@ -13,7 +13,7 @@ import path from 'node:path';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { measureLag } from './lag.js';
+import { LAG_PREFIX, measureLag } from './lag.js';
 import { batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
@@ -81,9 +81,8 @@ async function main(): Promise<void> {
       const sync = runCli(runArgs, {}, profiled);
       await sync.waitForLog('streaming from revision', 600_000);
       const s = standby.client();
-      const prefix = '/registry/configmaps/bench-lag/';
-      await measureLag(p, s, { prefix, rate: RATE, seconds: 3 }); // warm-up, as in the bench: a cold JIT is not streaming
-      const lag = await measureLag(p, s, { prefix, rate: RATE, seconds: SECONDS });
+      await measureLag(p, s, { prefix: LAG_PREFIX, rate: RATE, seconds: 3 }); // warm-up, as in the bench: a cold JIT is not streaming
+      const lag = await measureLag(p, s, { prefix: LAG_PREFIX, rate: RATE, seconds: SECONDS });
       console.error(`streaming at ${lag.achievedRate} writes/s for ${SECONDS} s: lag p50 ${lag.p50Ms} / p99 ${lag.p99Ms} / max ${lag.maxMs} ms`);
       s.close();
       sync.child.kill('SIGTERM');

@@ -4,13 +4,12 @@ import { fromGrpcError } from '../errors.js';
 import { decodeInt64Fields, encodeInt64Fields, passThrough } from './codec.js';
 import type { EtcdSide } from './connection.js';
 
-const leaseId = (id: string): bigint => BigInt(id);
 
 /** Remaining and granted TTL in seconds; remaining <= 0 when the lease is gone. */
 export async function leaseTimeToLive(side: EtcdSide, id: string): Promise<{ ttl: number; grantedTtl: number }> {
   try {
     // LeaseTimeToLiveRequest{ID = 1} -> LeaseTimeToLiveResponse{ID = 2, TTL = 3, grantedTTL = 4}.
-    const res = await side.unary(`lease ${id} time-to-live`, 'Lease/LeaseTimeToLive', encodeInt64Fields([[1, leaseId(id)]]), decodeInt64Fields);
+    const res = await side.unary(`lease ${id} time-to-live`, 'Lease/LeaseTimeToLive', encodeInt64Fields([[1, BigInt(id)]]), decodeInt64Fields);
     return { ttl: Number(res.get(3) ?? 0n), grantedTtl: Number(res.get(4) ?? 0n) };
   } catch (err) {
     if (/lease not found/.test(String(err))) return { ttl: -1, grantedTtl: 0 };
@@ -28,7 +27,7 @@ export async function leaseGrant(side: EtcdSide, ttlSeconds: number): Promise<{ 
 export async function leaseRevoke(side: EtcdSide, id: string): Promise<void> {
   try {
     // LeaseRevokeRequest{ID = 1}.
-    await side.unary(`lease ${id} revoke`, 'Lease/LeaseRevoke', encodeInt64Fields([[1, leaseId(id)]]), passThrough);
+    await side.unary(`lease ${id} revoke`, 'Lease/LeaseRevoke', encodeInt64Fields([[1, BigInt(id)]]), passThrough);
   } catch (err) {
     if (/lease not found/.test(String(err))) return;
     throw err;
@@ -53,7 +52,7 @@ export async function leaseKeepAliveOnce(side: EtcdSide, id: string): Promise<nu
         call.end();
       });
       call.on('error', (err) => reject(fromGrpcError(err, `${side.name} etcd (${endpoint}) lease ${id} keep-alive`)));
-      call.write(encodeInt64Fields([[1, leaseId(id)]]));
+      call.write(encodeInt64Fields([[1, BigInt(id)]]));
     });
   } finally {
     side.dropStreamClient(client);
