@@ -6,7 +6,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_EXCLUDE_PREFIXES, DEFAULT_KEY_PREFIX } from '../scope.js';
 import { DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS } from '../sync/batch.js';
-import { DEFAULT_PAGE_SIZE } from '../etcd/kv.js';
+import { DEFAULT_PAGE_MIB, DEFAULT_PAGE_SIZE } from '../etcd/kv.js';
 import { DEFAULT_HTTP_ADDRESS } from '../http.js';
 import { DEFAULT_SETTLE_MS } from '../sync/audit.js';
 import { DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECKPOINT_KEY, DEFAULT_HEAL_DELAY_MS, DEFAULT_STREAM_TXNS_IN_FLIGHT, DEFAULT_WRITE_CONCURRENCY } from '../sync/engine.js';
@@ -70,7 +70,7 @@ export function addWriteOptions(cmd: Command): Command {
     .addOption(new Option('--max-txn-ops <n>', "operations per write transaction (etcd's --max-txn-ops)").argParser(positiveInt('--max-txn-ops')).default(DEFAULT_MAX_TXN_OPS))
     .addOption(new Option('--max-txn-bytes <n>', 'approximate payload bytes per write transaction').argParser(positiveInt('--max-txn-bytes')).default(DEFAULT_MAX_TXN_BYTES))
     .addOption(new Option('--write-concurrency <n>', 'transactions in flight during a full diff').argParser(positiveInt('--write-concurrency')).default(DEFAULT_WRITE_CONCURRENCY))
-    .addOption(new Option('--page-size <n>', 'most keys per range page when reading (pages aim at 8 MiB)').argParser(positiveInt('--page-size')).default(DEFAULT_PAGE_SIZE));
+    .addOption(new Option('--page-size <n>', `most keys per range page when reading (pages aim at ${DEFAULT_PAGE_MIB} MiB)`).argParser(positiveInt('--page-size')).default(DEFAULT_PAGE_SIZE));
 }
 
 function addLogOptions(cmd: Command, level = 'info'): Command {
@@ -158,7 +158,7 @@ export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unk
     .addOption(new Option('--output <format>', 'report format').choices(['text', 'json']).default('text'))
     .addOption(new Option('--limit <n>', 'failing keys listed in the text report').argParser(nonNegativeInt('--limit')).default(100))
     .addOption(new Option('--key-prefix <prefix>', 'keys under this prefix are scanned').default(DEFAULT_KEY_PREFIX))
-    .addOption(new Option('--page-size <n>', 'most keys per range page (pages aim at 8 MiB)').argParser(positiveInt('--page-size')).default(DEFAULT_PAGE_SIZE));
+    .addOption(new Option('--page-size <n>', `most keys per range page (pages aim at ${DEFAULT_PAGE_MIB} MiB)`).argParser(positiveInt('--page-size')).default(DEFAULT_PAGE_SIZE));
   addConnectionOptions(verify, '');
   addLogOptions(verify, 'warn');
   encryption.addCommand(verify);

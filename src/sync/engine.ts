@@ -41,7 +41,7 @@ export interface SyncOptions {
   maxTxnBytes?: number;
   /** Txns in flight during a full diff (order does not matter there). Default 16. */
   writeConcurrency?: number;
-  /** Most keys per range page (pages aim at 8 MiB). Default 50000; halved automatically for pages too large to receive. */
+  /** Most keys per range page (pages aim at DEFAULT_PAGE_BYTES, 4 MiB). Default 50000; halved automatically for pages too large to receive. */
   pageSize?: number;
   /** Revisions per window when a restart replays a long gap over parallel watches. Default 1000. */
   replayWindowRevisions?: number;
