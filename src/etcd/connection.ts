@@ -7,7 +7,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { decodeStringField, encodeStringFields, passThrough } from './codec.js';
-import { AuthError, UnreachableError, fromGrpcError } from '../errors.js';
+import { UnreachableError, fromGrpcError } from '../errors.js';
 
 export interface EtcdTls {
   /** PEM CA bundle to verify the server. */
@@ -58,9 +58,10 @@ export class EtcdSide {
   /** The channel unary calls go over, on one endpoint until that endpoint fails. */
   private unaryChannel: { client: grpc.Client; endpoint: string } | undefined;
   private unaryEndpoint = 0;
-  private token: Promise<string> | undefined;
-  /** A recent token per endpoint for new streams: a replay opens many at once, and each authenticate costs etcd a bcrypt. */
-  private readonly streamTokens = new Map<string, { token: Promise<string>; at: number }>();
+  /** The auth token per endpoint and when it was asked for: each authenticate costs etcd a bcrypt. */
+  private readonly tokens = new Map<string, { token: Promise<string>; at: number }>();
+  private readonly closeHooks = new Set<() => void>();
+  private closed = false;
 
   constructor(config: EtcdSideConfig, options: ConnectionOptions = {}) {
     this.name = config.name;
@@ -93,10 +94,7 @@ export class EtcdSide {
       const channel = this.currentUnaryChannel();
       try {
         const metadata = new grpc.Metadata();
-        if (this.auth) {
-          this.token ??= this.authenticate(channel.endpoint);
-          metadata.set('token', await this.token);
-        }
+        if (this.auth) metadata.set('token', await this.tokenFor(channel.endpoint, Infinity));
         return await new Promise<T>((resolve, reject) => {
           channel.client.makeUnaryRequest(
             `/etcdserverpb.${method}`,
@@ -110,18 +108,15 @@ export class EtcdSide {
         });
       } catch (err) {
         if (this.auth && attempt === 0 && /invalid auth token/i.test(String((err as Error)?.message))) {
-          this.token = undefined;
+          this.tokens.delete(channel.endpoint);
           continue;
         }
         const typed = fromGrpcError(err, `${this.name} etcd (${channel.endpoint}) ${what}`);
         if (typed instanceof UnreachableError && this.unaryChannel === channel) {
           this.unaryChannel = undefined;
           this.unaryEndpoint++;
-          this.token = undefined;
           channel.client.close();
         }
-        // A failed or refused authentication is not cached: the next call authenticates again.
-        if (typed instanceof AuthError) this.token = undefined;
         throw typed;
       }
     }
@@ -137,6 +132,7 @@ export class EtcdSide {
 
   /** A grpc-js channel of its own for a stream, on the next endpoint, and the metadata (auth token) to open it with. */
   async streamClient(): Promise<{ client: grpc.Client; metadata: grpc.Metadata; endpoint: string }> {
+    if (this.closed) throw new UnreachableError(`${this.name} etcd: connection closed`);
     const endpoint = this.endpoints[this.nextEndpoint % this.endpoints.length] as string;
     this.nextEndpoint++;
     // A private subchannel pool: closing one stream's channel must not drop another's connection.
@@ -147,16 +143,9 @@ export class EtcdSide {
     metadata.set('hasleader', 'true');
     if (this.auth) {
       try {
-        let cached = this.streamTokens.get(endpoint);
-        if (cached === undefined || Date.now() - cached.at > STREAM_TOKEN_REUSE_MS) {
-          cached = { token: this.authenticate(endpoint), at: Date.now() };
-          this.streamTokens.set(endpoint, cached);
-        }
-        const token = cached.token;
-        metadata.set('token', await token.catch((err: unknown) => {
-          if (this.streamTokens.get(endpoint)?.token === token) this.streamTokens.delete(endpoint);
-          throw err;
-        }));
+        // A stream cannot renew its token once opened, nor retry its open the way a unary call
+        // does: it gets a token fresh enough to be valid.
+        metadata.set('token', await this.tokenFor(endpoint, STREAM_TOKEN_REUSE_MS));
       } catch (err) {
         this.dropStreamClient(client);
         throw fromGrpcError(err, `${this.name} etcd (${endpoint}) authenticate`);
@@ -169,6 +158,22 @@ export class EtcdSide {
     const i = this.streamClients.indexOf(client);
     if (i >= 0) this.streamClients.splice(i, 1);
     client.close();
+  }
+
+  /**
+   * The endpoint's token, asked for again when older than `maxAgeMs`. A failed or refused
+   * authentication is not kept: the next call authenticates again.
+   */
+  private tokenFor(endpoint: string, maxAgeMs: number): Promise<string> {
+    const cached = this.tokens.get(endpoint);
+    if (cached !== undefined && Date.now() - cached.at <= maxAgeMs) return cached.token;
+    const token = this.authenticate(endpoint);
+    const entry = { token, at: Date.now() };
+    this.tokens.set(endpoint, entry);
+    token.catch(() => {
+      if (this.tokens.get(endpoint) === entry) this.tokens.delete(endpoint);
+    });
+    return token;
   }
 
   private authenticate(endpoint: string): Promise<string> {
@@ -197,7 +202,16 @@ export class EtcdSide {
     });
   }
 
+  /** Runs `hook` on close(), before the channels close; returns its removal. */
+  onClose(hook: () => void): () => void {
+    this.closeHooks.add(hook);
+    return () => this.closeHooks.delete(hook);
+  }
+
   close(): void {
+    this.closed = true;
+    for (const hook of [...this.closeHooks]) hook();
+    this.closeHooks.clear();
     this.unaryChannel?.client.close();
     this.unaryChannel = undefined;
     for (const client of this.streamClients.splice(0)) client.close();
