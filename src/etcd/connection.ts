@@ -35,6 +35,13 @@ export interface ConnectionOptions {
 
 export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_RECEIVE_BYTES = 256 * 1024 * 1024;
+/**
+ * HTTP/2 receive window of a connection and of each call on it. grpc-js keeps HTTP/2's 64 KiB
+ * unless told: a 4 MiB range page then arrives in 64 window updates, each waiting for the event
+ * loop. In six paired rounds of a 100k-key initial sync, any larger window was faster than 64 KiB,
+ * and 4 MiB (a page) the most: 2.6–3.2 s against 3.5–3.9 s.
+ */
+const RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024;
 /** How long a stream token is reused: far below etcd's shortest usual token TTL (--auth-token-ttl, 300 s). */
 const STREAM_TOKEN_REUSE_MS = 10_000;
 
@@ -81,6 +88,7 @@ export class EtcdSide {
       'grpc.keepalive_permit_without_calls': 1,
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 5_000,
+      'grpc-node.flow_control_window': RECEIVE_WINDOW_BYTES,
     };
   }
 
