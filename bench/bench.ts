@@ -108,9 +108,8 @@ async function main(): Promise<void> {
     return res.kvs[0] ? Number(JSON.parse(res.kvs[0].value.toString()).revision) : 0;
   };
   const phase = (name: string): void => console.error(`bench: ${name}`);
-  // Writes back the page cache before a timed phase: right after the ceiling loaded 1 GiB into the
-  // primary, the kernel's writeback of it slowed the 1M initial sync that followed (52.8 s in the
-  // bench, 23.5-28.3 s in ad-hoc passes where the load was not the step before).
+  // Writes back the page cache before a timed phase, so that the writeback of one phase (the
+  // ceiling loads 1 GiB at 1M keys) is not timed in the next.
   const flushDisks = (): void => void execFileSync('sync');
   try {
     phase('1 ceiling');
