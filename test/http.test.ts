@@ -2,22 +2,10 @@
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
+import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
 import { putMany, runCli, snapshot } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
-
-/** Prometheus text → `name{labels}` → value (the identity label dropped for brevity). */
-function parseMetrics(text: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$/.exec(line);
-    if (!m) throw new Error(`not a metric line: ${line}`);
-    const labels = (m[2] ?? '').replace(/,?identity="[^"]*"/, '').replace(/^\{,/, '{').replace('{}', '');
-    out.set(`${m[1]}${labels}`, Number(m[3]));
-  }
-  return out;
-}
 
 describe('HTTP surface of run', () => {
   let primary: EtcdServer;

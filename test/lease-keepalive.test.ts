@@ -4,14 +4,15 @@ import { UnreachableError } from '../src/errors.js';
 import { EtcdSide } from '../src/etcd/connection.js';
 import { leaseGrant, leaseKeepAliveOnce, leaseRevoke } from '../src/etcd/lease.js';
 import { EtcdServer } from './helpers/etcd.js';
+import { parseMetrics } from './helpers/metrics.js';
 import { waitFor } from './helpers/wait.js';
 
 /** etcd's own count of LeaseKeepAlive streams, from its /metrics: `started` or `handled` (ended). */
 async function keepAliveStreams(server: EtcdServer, counter: 'started' | 'handled'): Promise<number> {
-  const text = await (await fetch(`${server.endpoint}/metrics`)).text();
+  const metrics = parseMetrics(await (await fetch(`${server.endpoint}/metrics`)).text());
   let total = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`grpc_server_${counter}_total{`) && line.includes('grpc_method="LeaseKeepAlive"')) total += Number(line.split(' ').pop());
+  for (const [name, value] of metrics) {
+    if (name.startsWith(`grpc_server_${counter}_total{`) && name.includes('grpc_method="LeaseKeepAlive"')) total += value;
   }
   return total;
 }
