@@ -90,6 +90,7 @@ function medianOf(rounds: LagResult[]): LagResult {
 const since = (t: number): number => seconds(performance.now() - t);
 
 async function main(): Promise<void> {
+  if (!Number.isInteger(SYNC_ROUNDS) || SYNC_ROUNDS < 1) throw new Error(`--sync-rounds must be a whole number of at least 1, not ${optionValue('--sync-rounds', '')}`);
   const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1]?.trim() ?? 'unknown CPU';
   const etcdVersion = execFileSync(ETCD_BIN, ['--version']).toString().split('\n')[0];
   const machine = `${execFileSync('nproc').toString().trim()} cores (${cpu}), Node ${process.version}, ${etcdVersion}, etcd-sync NODE_OPTIONS=${NODE_OPTIONS || '(none)'}`;
