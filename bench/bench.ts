@@ -70,10 +70,7 @@ const median = (values: readonly number[]): number => [...values].sort((a, b) =>
 
 /** Field by field median of the rounds of one measurement (unseen and differing keys: the worst). */
 function medianOf(rounds: LagResult[]): LagResult {
-  const med = (pick: (r: LagResult) => number): number => {
-    const values = rounds.map(pick).sort((a, b) => a - b);
-    return values[Math.floor(values.length / 2)] as number;
-  };
+  const med = (pick: (r: LagResult) => number): number => median(rounds.map(pick));
   const first = rounds[0] as LagResult;
   return {
     rate: first.rate,
