@@ -54,11 +54,21 @@ export class EtcdServer {
 
   static async start(options: EtcdServerOptions = {}): Promise<EtcdServer> {
     const name = options.name ?? 'etcd';
-    const dataDir = mkdtempSync(path.join(os.tmpdir(), `etcd-sync-${name}-`));
-    const server = new EtcdServer(name, dataDir, await freePort(), await freePort(), options);
-    await server.launch();
-    if (options.rootPassword) await server.enableAuth(options.rootPassword);
-    return server;
+    for (let attempt = 1; ; attempt++) {
+      const dataDir = mkdtempSync(path.join(os.tmpdir(), `etcd-sync-${name}-`));
+      const server = new EtcdServer(name, dataDir, await freePort(), await freePort(), options);
+      try {
+        await server.launch();
+      } catch (err) {
+        await server.destroy();
+        // A port freePort found can be taken before etcd binds it (any process's outgoing
+        // connection draws from the same ephemeral range): new ports, a new etcd.
+        if (attempt < 3 && /address already in use/.test(String(err))) continue;
+        throw err;
+      }
+      if (options.rootPassword) await server.enableAuth(options.rootPassword);
+      return server;
+    }
   }
 
   private args(): string[] {
@@ -93,11 +103,15 @@ export class EtcdServer {
       this.stderr = (this.stderr + d.toString()).slice(-4000);
     });
     this.process = child;
+    const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    let exited = false;
     const client = new Etcd3(this.clientOptions({ root: true }));
     try {
       await waitFor(
         async () => {
-          if (child.exitCode !== null) throw new Error(`etcd ${this.name} exited: ${this.stderr}`);
+          // Not a throw: waitFor would retry it until its timeout.
+          if (child.exitCode !== null || child.signalCode !== null) exited = true;
+          if (exited) return true;
           try {
             await client.kv.range({ key: Buffer.from('probe') });
             return true;
@@ -110,6 +124,10 @@ export class EtcdServer {
       );
     } finally {
       client.close();
+    }
+    if (exited) {
+      await closed; // the whole of stderr
+      throw new Error(`etcd ${this.name} exited: ${this.stderr}`);
     }
   }
 
