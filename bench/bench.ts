@@ -17,7 +17,7 @@ import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { LAG_PREFIX, type LagResult, measureLag } from './lag.js';
-import { IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const STREAM = Number(optionValue('--stream', '100000'));
@@ -32,8 +32,12 @@ const ETCD_BIN = process.env.ETCD_BIN ?? '.tools/etcd-3.5/usr/bin/etcd';
 const ETCDCTL = process.env.ETCDCTL_BIN ?? path.join(path.dirname(ETCD_BIN), 'etcdctl');
 const MARKER = '/registry/configmaps/bench-marker/stream-done';
 const HOUR = 3_600_000;
-/** Node flags for every etcd-sync process, as the container image sets them (`--node-options ''` for none). */
+/**
+ * NODE_OPTIONS and node flags for every etcd-sync process, as the container image sets them
+ * (`--node-options ''` and `--node-flags ''` for node's defaults).
+ */
 const NODE_OPTIONS = optionValue('--node-options', IMAGE_NODE_OPTIONS);
+const NODE_FLAGS = optionValue('--node-flags', IMAGE_NODE_FLAGS.join(' ')).split(' ').filter(Boolean);
 const cliEnv = { NODE_OPTIONS };
 
 async function count(client: Etcd3): Promise<number> {
@@ -90,7 +94,7 @@ async function main(): Promise<void> {
   if (!Number.isInteger(SYNC_ROUNDS) || SYNC_ROUNDS < 1) throw new Error(`--sync-rounds must be a whole number of at least 1, not ${optionValue('--sync-rounds', '')}`);
   const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1]?.trim() ?? 'unknown CPU';
   const etcdVersion = execFileSync(ETCD_BIN, ['--version']).toString().split('\n')[0];
-  const machine = `${execFileSync('nproc').toString().trim()} cores (${cpu}), Node ${process.version}, ${etcdVersion}, etcd-sync NODE_OPTIONS=${NODE_OPTIONS || '(none)'}`;
+  const machine = `${execFileSync('nproc').toString().trim()} cores (${cpu}), Node ${process.version}, ${etcdVersion}, etcd-sync NODE_OPTIONS=${NODE_OPTIONS || '(none)'}, node flags ${NODE_FLAGS.join(' ') || '(none)'}`;
   console.error(`bench: ${KEYS} keys x 1 KiB, ${STREAM} streamed revisions, lag ${LAG_RATES.join('/')} writes/s for ${LAG_SECONDS} s x ${LAG_ROUNDS} rounds; ${machine}`);
   const [primary, firstStandby, mirrorDest] = await Promise.all([
     EtcdServer.start({ name: 'primary' }),
@@ -147,7 +151,7 @@ async function main(): Promise<void> {
         runArgs = runArgsFor(standby);
       }
       t = startTimer();
-      sync = runCli(runArgs, cliEnv);
+      sync = runCli(runArgs, cliEnv, NODE_FLAGS);
       await sync.waitForLog('initial sync done', HOUR);
       syncs.push(since(t));
       diffs.push(Number(/"durationMs":(\d+)/.exec(sync.output())?.[1]) / 1000);
@@ -182,7 +186,7 @@ async function main(): Promise<void> {
     await stopMirror(mirror);
     const target = await revision(p);
     t = performance.now();
-    sync = runCli(runArgs, cliEnv);
+    sync = runCli(runArgs, cliEnv, NODE_FLAGS);
     await waitFor(async () => (await checkpointAt()) >= target, { timeoutMs: HOUR, intervalMs: 50 });
     r.etcdSyncCatchUpSeconds = since(t);
     r.etcdSyncCatchUpRevisionsPerSecond = Math.round((STREAM + 1) / (r.etcdSyncCatchUpSeconds as number));
@@ -200,7 +204,7 @@ async function main(): Promise<void> {
       phase(`4 lag, round ${round}: floor (the probe watching the primary, nothing replicating)`);
       await series('floor', p);
       phase(`4 lag, round ${round}: etcd-sync`);
-      sync = runCli(runArgs, cliEnv);
+      sync = runCli(runArgs, cliEnv, NODE_FLAGS);
       await sync.waitForLog('streaming from revision', HOUR);
       await series('etcd-sync', s);
       await stop(sync);
@@ -214,14 +218,14 @@ async function main(): Promise<void> {
     for (const [name, rounds] of Object.entries(lagRounds)) lag[name] = medianOf(rounds);
 
     phase('5 check');
-    sync = runCli(runArgs, cliEnv);
+    sync = runCli(runArgs, cliEnv, NODE_FLAGS);
     await sync.waitForLog('streaming from revision', HOUR);
     await stop(sync);
     const checkArgs = ['check', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--output', 'json'];
     const timed = existsSync('/usr/bin/time');
     const [cmd, cmdArgs] = timed
-      ? ['/usr/bin/time', ['-f', 'RSS_KB=%M', process.execPath, 'dist/bin/etcd-sync.js', ...checkArgs]]
-      : [process.execPath, ['dist/bin/etcd-sync.js', ...checkArgs]];
+      ? ['/usr/bin/time', ['-f', 'RSS_KB=%M', process.execPath, ...NODE_FLAGS, 'dist/bin/etcd-sync.js', ...checkArgs]]
+      : [process.execPath, [...NODE_FLAGS, 'dist/bin/etcd-sync.js', ...checkArgs]];
     t = startTimer();
     const check = spawnSync(cmd, cmdArgs, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024, env: { ...process.env, ...cliEnv } });
     r.checkSeconds = since(t);
@@ -236,7 +240,7 @@ async function main(): Promise<void> {
     await p.put('/bench/after-changes').value('1').exec();
     await p.kv.compact({ revision: String(await revision(p)), physical: true });
     t = startTimer();
-    sync = runCli(runArgs, cliEnv);
+    sync = runCli(runArgs, cliEnv, NODE_FLAGS);
     await sync.waitForLog('initial sync done', HOUR);
     r.compactionRestartSeconds = since(t);
     const done = sync.output().split('\n').find((l) => l.includes('initial sync done')) ?? '';

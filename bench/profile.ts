@@ -3,8 +3,8 @@
  * x 1 KiB into a fresh primary, runs `etcd-sync run` (initial sync into an empty standby; for
  * catchup, a restart after N single-key revisions were written while it was stopped; for stream,
  * streaming while the lag probe writes R writes/s (default 2000) for S seconds (default 10)) or
- * `etcd-sync check` (after a sync) under `node --cpu-prof`, and prints the functions with the
- * most self time. The profile is
+ * `etcd-sync check` (after a sync) under `node --cpu-prof`, started as the container image starts
+ * node, and prints the functions with the most self time. The profile is
  * written to bench/profiles/ (not committed) for Chrome DevTools.
  */
 import { spawn } from 'node:child_process';
@@ -14,7 +14,7 @@ import { EtcdServer } from '../test/helpers/etcd.js';
 import { runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { LAG_PREFIX, measureLag } from './lag.js';
-import { batchedWrite, optionValue, singleKeyRevisions } from './load.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const WHAT = optionValue('--what', 'sync');
@@ -57,10 +57,11 @@ async function main(): Promise<void> {
     await batchedWrite(p, 0, KEYS);
     const connection = [...primary.cliArgs('primary'), ...standby.cliArgs('standby')];
     const runArgs = ['run', ...connection, '--http-address', 'off', '--check-interval', '0'];
-    const profiled = ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR];
+    const imageEnv = { NODE_OPTIONS: IMAGE_NODE_OPTIONS };
+    const profiled = [...IMAGE_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', PROFILE_DIR];
     if (WHAT === 'catchup') {
       // The sync stopped, N single-key revisions written, then the profiled restart catches up.
-      let sync = runCli(runArgs);
+      let sync = runCli(runArgs, imageEnv, IMAGE_NODE_FLAGS);
       await sync.waitForLog('initial sync done', 600_000);
       sync.child.kill('SIGTERM');
       await sync.exited;
@@ -68,7 +69,7 @@ async function main(): Promise<void> {
       const target = BigInt((await p.kv.range({ key: Buffer.from('x') })).header.revision);
       const s = standby.client();
       const started = performance.now();
-      sync = runCli(runArgs, {}, profiled);
+      sync = runCli(runArgs, imageEnv, profiled);
       await waitFor(async () => {
         const res = await s.kv.range({ key: Buffer.from('/etcd-sync/checkpoint') });
         return res.kvs[0] !== undefined && BigInt(JSON.parse(res.kvs[0].value.toString()).revision) >= target;
@@ -78,7 +79,7 @@ async function main(): Promise<void> {
       sync.child.kill('SIGTERM');
       await sync.exited;
     } else if (WHAT === 'stream') {
-      const sync = runCli(runArgs, {}, profiled);
+      const sync = runCli(runArgs, imageEnv, profiled);
       await sync.waitForLog('streaming from revision', 600_000);
       const s = standby.client();
       await measureLag(p, s, { prefix: LAG_PREFIX, rate: RATE, seconds: 3 }); // warm-up, as in the bench: a cold JIT is not streaming
@@ -88,17 +89,20 @@ async function main(): Promise<void> {
       sync.child.kill('SIGTERM');
       await sync.exited;
     } else if (WHAT === 'check') {
-      const sync = runCli(runArgs);
+      const sync = runCli(runArgs, imageEnv, IMAGE_NODE_FLAGS);
       await sync.waitForLog('initial sync done', 600_000);
       sync.child.kill('SIGTERM');
       await sync.exited;
-      const check = spawn(process.execPath, [...profiled, 'dist/bin/etcd-sync.js', 'check', ...connection, '--output', 'json'], { stdio: ['ignore', 'ignore', 'inherit'] });
+      const check = spawn(process.execPath, [...profiled, 'dist/bin/etcd-sync.js', 'check', ...connection, '--output', 'json'], {
+        stdio: ['ignore', 'ignore', 'inherit'],
+        env: { ...process.env, ...imageEnv },
+      });
       const started = performance.now();
       await new Promise((resolve) => check.on('exit', resolve));
       console.error(`check took ${Math.round(performance.now() - started)} ms`);
     } else {
       const started = performance.now();
-      const sync = runCli(runArgs, {}, profiled);
+      const sync = runCli(runArgs, imageEnv, profiled);
       await sync.waitForLog('initial sync done', 600_000);
       console.error(`initial sync took ${Math.round(performance.now() - started)} ms (process start to done)`);
       sync.child.kill('SIGTERM');

@@ -9,6 +9,7 @@ import { parseEndpoints, scopeConfig } from '../src/cli/config.js';
 import { buildProgram } from '../src/cli/program.js';
 import { DEFAULT_HTTP_ADDRESS } from '../src/http.js';
 import { SyncMetrics } from '../src/metrics.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS } from '../bench/load.js';
 
 type Doc = { kind: string; metadata: { name: string }; spec?: any; data?: Record<string, string> };
 const dir = 'deploy/kubernetes';
@@ -84,6 +85,21 @@ describe('deploy/', () => {
     const exposed = new Set((await metrics.registry.getMetricsAsJSON()).flatMap((m) => [m.name, `${m.name}_bucket`, `${m.name}_count`, `${m.name}_sum`]));
     expect([...used].filter((m) => !exposed.has(m))).toEqual([]);
     expect(used.size).toBeGreaterThanOrEqual(12);
+  });
+
+  it("the Dockerfile starts node as the benchmark does, with flags this node accepts", () => {
+    const dockerfile = readFileSync('deploy/Dockerfile', 'utf8');
+    const nodeOptions = /^ENV NODE_OPTIONS="([^"]*)"$/m.exec(dockerfile)?.[1];
+    const entrypoint = JSON.parse(/^ENTRYPOINT (\[.*\])$/m.exec(dockerfile)?.[1] ?? '[]') as string[];
+    expect(nodeOptions).toBe(IMAGE_NODE_OPTIONS);
+    expect(entrypoint).toEqual(['node', ...IMAGE_NODE_FLAGS, '/app/dist/bin/etcd-sync.js']);
+    // Node exits 9 on a flag it does not know, or on one that NODE_OPTIONS may not carry.
+    const heapLimit = execFileSync(process.execPath, [...IMAGE_NODE_FLAGS, '-p', "require('v8').getHeapStatistics().heap_size_limit"], {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH ?? '', NODE_OPTIONS: IMAGE_NODE_OPTIONS },
+    });
+    // 192 MiB of old space and three 8 MiB semi-spaces on Node 20 and 24 alike.
+    expect(Number(heapLimit) / 2 ** 20).toBe(216);
   });
 
   it('npm pack holds what the image needs, and the packed bin installed in a clean folder answers --help', () => {

@@ -98,7 +98,7 @@ export interface CliProcess {
 }
 
 /** Runs the built CLI; `nodeFlags` go to node itself (e.g. --cpu-prof, which NODE_OPTIONS refuses). */
-export function runCli(args: string[], env: Record<string, string> = {}, nodeFlags: string[] = []): CliProcess {
+export function runCli(args: string[], env: Record<string, string> = {}, nodeFlags: readonly string[] = []): CliProcess {
   // Parallel `run`s must not share the default port: an ephemeral one unless the test picks.
   if (args[0] === 'run' && !args.includes('--http-address')) args = [...args, '--http-address', '127.0.0.1:0'];
   const child = spawn(process.execPath, [...nodeFlags, CLI, ...args], {
