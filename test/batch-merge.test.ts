@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { KeyValue, WriteOp } from '../src/etcd/kv.js';
+import { type KeyValue, type WriteOp, nestOps, txnCapacity } from '../src/etcd/kv.js';
 import type { WatchEvent } from '../src/etcd/watch.js';
 import { type Finding, mergeJoin } from '../src/diff/merge-join.js';
 import { OpChunker, headOfWholeRevisions, takeEventBatch } from '../src/sync/batch.js';
@@ -151,3 +151,51 @@ describe('headOfWholeRevisions', () => {
   });
 });
 
+
+describe('txnCapacity and nestOps: etcd counts --max-txn-ops per level of nesting', () => {
+  const ops = (n: number): WriteOp[] => Array.from({ length: n }, (_, i) => ({ type: 'delete', key: Buffer.from(`/k${i}`) }));
+  const shape = (nested: ReturnType<typeof nestOps>): (number | string)[] => nested.map((op) => (op.type === 'txn' ? op.success.length : op.type));
+
+  it.each([
+    [2, 2],
+    [3, 3],
+    [4, 4],
+    [5, 6],
+    [8, 16],
+    [24, 144],
+    [128, 4096],
+    [129, 4160],
+  ])('--max-txn-ops %i holds %i ops', (maxTxnOps, capacity) => {
+    expect(txnCapacity(maxTxnOps)).toBe(capacity);
+  });
+
+  it.each([
+    ['fits flat', 128, 128, 2, Array.from({ length: 128 }, () => 'delete')],
+    ['one over: nested by half the limit', 129, 128, 2, [64, 64, 1]],
+    ['the capacity', 4096, 128, 2, Array.from({ length: 64 }, () => 64)],
+    ['odd limit', 6, 5, 0, [2, 2, 2]],
+  ])('%s: %i ops under %i with %i compares', (_name, n, maxTxnOps, compares, expected) => {
+    expect(shape(nestOps(ops(n), maxTxnOps, compares))).toEqual(expected);
+  });
+
+  it('refuses more than the capacity, and compares that leave no room for nesting', () => {
+    expect(() => nestOps(ops(4097), 128)).toThrow('a txn of 4097 ops and 0 compares exceeds what --max-txn-ops 128 allows (4096 ops)');
+    expect(() => nestOps(ops(200), 128, 100)).toThrow('a txn of 200 ops and 100 compares exceeds');
+  });
+
+  it('for every limit up to 200 and every size up to the capacity: ops kept in order, each level within the limit', () => {
+    for (let maxTxnOps = 2; maxTxnOps <= 200; maxTxnOps++) {
+      const capacity = txnCapacity(maxTxnOps);
+      for (const n of [1, maxTxnOps, maxTxnOps + 1, capacity - 1, capacity]) {
+        if (n < 1 || n > capacity) continue;
+        const input = ops(n);
+        const nested = nestOps(input, maxTxnOps, 2);
+        const flat = nested.flatMap((op) => (op.type === 'txn' ? op.success : [op]));
+        expect(flat).toEqual(input);
+        const inner = Math.max(0, ...nested.map((op) => (op.type === 'txn' ? op.success.length : 0)));
+        // etcd's rule: the outer level's ops or compares, plus the largest nested txn's ops.
+        expect(Math.max(nested.length, 2) + inner).toBeLessThanOrEqual(maxTxnOps);
+      }
+    }
+  });
+});

@@ -89,6 +89,34 @@ describe('encodeTxnRequest', () => {
     expect(txn.failure).toEqual([]);
   });
 
+  it('writes nested txns: their puts and deletes in order, beside a compare and a flat op', () => {
+    const big = Buffer.alloc(200, 0x62); // a nested op longer than 127 bytes: two-byte lengths
+    const buf = encodeTxnRequest(
+      [{ key: Buffer.from('/cp'), target: 'Value', result: 'Equal', value: Buffer.from('7') }],
+      [
+        { type: 'txn', success: [{ type: 'put', key: Buffer.from('/a'), value: big }, { type: 'delete', key: Buffer.from('/b') }] },
+        { type: 'txn', success: [{ type: 'put', key: Buffer.from('/c'), value: Buffer.from('c'), lease: LEASE }] },
+        { type: 'put', key: Buffer.from('/cp'), value: Buffer.from('8') },
+      ],
+    );
+    type Op = { request: string; request_put?: Record<string, unknown>; request_delete_range?: Record<string, unknown>; request_txn?: { compare: unknown[]; success: Op[]; failure: unknown[] } };
+    const txn = kv.Txn.requestDeserialize(buf) as { compare: unknown[]; success: Op[] };
+    const flatten = (ops: Op[]): unknown[] =>
+      ops.map((op) =>
+        op.request === 'request_txn'
+          ? { compare: op.request_txn?.compare, failure: op.request_txn?.failure, success: flatten(op.request_txn?.success ?? []) }
+          : op.request === 'request_put'
+            ? ['put', String(op.request_put?.key), String(op.request_put?.value), op.request_put?.lease]
+            : ['delete', String(op.request_delete_range?.key)],
+      );
+    expect(txn.compare).toHaveLength(1);
+    expect(flatten(txn.success)).toEqual([
+      { compare: [], failure: [], success: [['put', '/a', big.toString(), '0'], ['delete', '/b']] },
+      { compare: [], failure: [], success: [['put', '/c', 'c', LEASE]] },
+      ['put', '/cp', '8', '0'],
+    ]);
+  });
+
   it('encodes an empty txn (a bare checkpoint-less write) as zero bytes', () => {
     expect(encodeTxnRequest([], []).length).toBe(0);
   });

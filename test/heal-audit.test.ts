@@ -11,6 +11,7 @@ import { usePair } from './helpers/pair.js';
 import { type RunningEngine, putMany, quietLog, snapshot, startEngine, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 import { withRetry } from '../src/sync/retry.js';
+import type { Compare } from '../src/etcd/kv.js';
 
 describe('audits under writes, self-healing, periodic check', () => {
   let primary: EtcdServer;
@@ -175,6 +176,33 @@ describe('audits under writes, self-healing, periodic check', () => {
       { timeoutMs: 20_000, message: 'periodic check did not repair' },
     );
     await waitFor(() => running!.engine.lastCheck?.consistent === true, { timeoutMs: 10_000, message: 'no clean periodic check' });
+  });
+
+  it('the periodic check behind a fence (two compares, as the leader writes) repairs more keys than --max-txn-ops', async () => {
+    // Each repaired key carries a compare of its own; with the fence's two, a chunk of
+    // --max-txn-ops keys would be a txn etcd refuses ("too many operations").
+    const keys = Array.from({ length: 300 }, (_, i) => `/registry/pods/fenced-repair/p-${String(i).padStart(3, '0')}`);
+    await putMany(
+      p,
+      keys.map((k) => [k, `v-${k}`]),
+    );
+    const fence = {
+      compares: (): Compare[] => [
+        { key: Buffer.from('/etcd-sync/test-fence-a'), target: 'Create', result: 'Equal', version: 0n },
+        { key: Buffer.from('/etcd-sync/test-fence-b'), target: 'Create', result: 'Equal', version: 0n },
+      ],
+      verify: async () => undefined,
+    };
+    running = startEngine(primary, standby, { healDelayMs: -1, checkIntervalMs: 300, writerHooks: { fence } });
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    await s.delete().prefix('/registry/pods/fenced-repair/').exec();
+    await waitFor(async () => (await snapshot(s, Buffer.from('/registry/pods/fenced-repair/'))).size === keys.length, {
+      timeoutMs: 20_000,
+      message: 'periodic check did not repair the 300 keys',
+    });
+    const repaired = await snapshot(s, Buffer.from('/registry/pods/fenced-repair/'));
+    expect([...repaired].map(([k, e]) => [k, e.value.toString()])).toEqual(keys.map((k) => [k, `v-${k}`]));
+    expect(running.engine.state).toBe('streaming');
   });
 
   it('repair leaves alone a standby key modified after the audit (it is newer)', async () => {

@@ -24,7 +24,8 @@ describe('replay of a long gap over windows; pipelined streaming', () => {
     const res = await s.kv.range({ key: Buffer.from('/etcd-sync/checkpoint') });
     return res.kvs[0] ? BigInt(JSON.parse(res.kvs[0].value.toString()).revision) : 0n;
   };
-  const options = { replayWindowRevisions: 40, replayWindows: 4, checkIntervalMs: 0 };
+  // --max-txn-ops 24: a txn holds 12 nested txns of 12 ops (144), less than the 300-key revision below.
+  const options = { replayWindowRevisions: 40, replayWindows: 4, checkIntervalMs: 0, maxTxnOps: 24 };
 
   it('applies puts, deletes, a delete-range and multi-key revisions in order; the deletes arrive without --prune', async () => {
     const seed: [string, string][] = [];

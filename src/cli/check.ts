@@ -51,8 +51,8 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
         }
       }
       await retry('load lease mappings', () => leases.load());
-      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal);
-      const repaired = await repair(primary, standby, writer, plan, retry, { maxOps: config.maxTxnOps, maxBytes: config.maxTxnBytes });
+      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal, {}, config.maxTxnOps);
+      const repaired = await repair(primary, standby, writer, plan, retry, config.maxTxnBytes);
       io.log.info(repaired, 'repaired');
       report = { ...(await audit(primary, standby, auditOptions)), repaired };
     }

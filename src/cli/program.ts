@@ -67,7 +67,7 @@ export function addScopeOptions(cmd: Command): Command {
 
 export function addWriteOptions(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--max-txn-ops <n>', "operations per write transaction (etcd's --max-txn-ops)").argParser(positiveInt('--max-txn-ops')).default(DEFAULT_MAX_TXN_OPS))
+    .addOption(new Option('--max-txn-ops <n>', "the standby etcd's --max-txn-ops (etcd-sync nests txns to write up to n*n/4 operations in one)").argParser(positiveInt('--max-txn-ops')).default(DEFAULT_MAX_TXN_OPS))
     .addOption(new Option('--max-txn-bytes <n>', 'approximate payload bytes per write transaction').argParser(positiveInt('--max-txn-bytes')).default(DEFAULT_MAX_TXN_BYTES))
     .addOption(new Option('--write-concurrency <n>', 'transactions in flight during a full diff').argParser(positiveInt('--write-concurrency')).default(DEFAULT_WRITE_CONCURRENCY))
     .addOption(new Option('--page-size <n>', `most keys per range page when reading (pages aim at ${DEFAULT_PAGE_MIB} MiB)`).argParser(positiveInt('--page-size')).default(DEFAULT_PAGE_SIZE));

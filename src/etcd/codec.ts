@@ -125,20 +125,44 @@ export function encodeRangeRequest(r: RangeRequest): Buffer {
 
 const leaseId = (lease: string | undefined): bigint => (lease && lease !== '0' ? BigInt(lease) : 0n);
 
-/** A txn operation: a write, or a read of one key (for multi-gets). */
-export type TxnOp = WriteOp | { type: 'range'; request: RangeRequest };
+/** A txn nested in another: writes, no compares. */
+export interface NestedTxn {
+  type: 'txn';
+  success: readonly WriteOp[];
+}
+
+/** A txn operation: a write, a read of one key (for multi-gets), or a nested txn. */
+export type TxnOp = WriteOp | { type: 'range'; request: RangeRequest } | NestedTxn;
+
+/** A TxnRequest's `success` ops (field 2), each a RequestOp holding the op's own message. */
+function successSize(ops: readonly TxnOp[]): number {
+  let size = 0;
+  for (const op of ops) size += fieldSize(fieldSize(opBodySize(op)));
+  return size;
+}
+
+function writeSuccess(w: Writer, ops: readonly TxnOp[]): void {
+  for (const op of ops) {
+    const body = opBodySize(op);
+    w.message(2, fieldSize(body)).message(OP_FIELD[op.type], body);
+    writeOpBody(w, op);
+  }
+}
 
 function opBodySize(op: TxnOp): number {
   if (op.type === 'range') return rangeRequestSize(op.request);
+  if (op.type === 'txn') return successSize(op.success);
   if (op.type === 'delete') return fieldSize(op.key.length);
   const lease = leaseId(op.lease);
   return fieldSize(op.key.length) + fieldSize(op.value.length) + (lease ? 1 + bigVarintSize(lease) : 0);
 }
 
-const OP_FIELD = { range: 1, put: 2, delete: 3 } as const;
+/** RequestOp's oneof fields. */
+const OP_FIELD = { range: 1, put: 2, delete: 3, txn: 4 } as const;
 
 function writeOpBody(w: Writer, op: TxnOp): void {
   if (op.type === 'range') return writeRangeRequest(w, op.request);
+  if (op.type === 'txn') return writeSuccess(w, op.success);
   w.bytes(1, op.key);
   if (op.type === 'put') {
     w.bytes(2, op.value);
@@ -170,20 +194,14 @@ function writeCompare(w: Writer, c: Compare): void {
 
 export function encodeTxnRequest(compares: readonly Compare[], success: readonly TxnOp[]): Buffer {
   const compareSizes = compares.map(compareSize);
-  const bodySizes = success.map(opBodySize);
-  let size = 0;
+  let size = successSize(success);
   for (const s of compareSizes) size += fieldSize(s);
-  for (const s of bodySizes) size += fieldSize(fieldSize(s));
   const w = new Writer(size);
   compares.forEach((c, i) => {
     w.message(1, compareSizes[i] as number);
     writeCompare(w, c);
   });
-  success.forEach((op, i) => {
-    const body = bodySizes[i] as number;
-    w.message(2, fieldSize(body)).message(OP_FIELD[op.type], body);
-    writeOpBody(w, op);
-  });
+  writeSuccess(w, success);
   return w.done();
 }
 

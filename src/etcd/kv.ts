@@ -1,6 +1,6 @@
 /** Range, txn and status calls, in etcd-sync's own types (Buffers, bigint revisions). */
 import { TooLargeError } from '../errors.js';
-import { type RangeRequest, type RangeResponse, type TxnOp, decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from './codec.js';
+import { type NestedTxn, type RangeRequest, type RangeResponse, type TxnOp, decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from './codec.js';
 import type { EtcdSide } from './connection.js';
 
 export interface KeyValue {
@@ -255,9 +255,43 @@ export async function* scanPages(
   }
 }
 
-/** One transaction. Returns whether the compares held (and so whether the ops ran). */
-export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = []): Promise<{ succeeded: boolean; header: Header }> {
-  const res = await side.unary(`txn of ${ops.length} ops`, 'KV/Txn', encodeTxnRequest(compares, ops), decodeTxnResponse);
+/** etcd's default --max-txn-ops. */
+export const DEFAULT_MAX_TXN_OPS = 128;
+
+/**
+ * etcd checks --max-txn-ops per level of nesting: a txn's ops (or compares) plus those of any
+ * txn nested in it may not exceed the limit (etcd 3.4-3.6, checkTxnRequest). Nested txns of
+ * half the limit each, in a txn of the other half, hold limit²/4 ops: 4096 under the default
+ * 128. The standby applies them as one txn at one revision, like a flat one; a txn of 1,000 puts
+ * costs etcd far less than eight of 127.
+ */
+export function txnCapacity(maxTxnOps: number): number {
+  const inner = Math.floor(maxTxnOps / 2);
+  return Math.max(maxTxnOps, inner * (maxTxnOps - inner));
+}
+
+/**
+ * The ops as a txn's success list under etcd's per-level limit: flat when they fit, otherwise in
+ * nested txns of half the limit. `compareCount` counts against the outer level too.
+ */
+export function nestOps(ops: readonly WriteOp[], maxTxnOps: number, compareCount = 0): (WriteOp | NestedTxn)[] {
+  if (ops.length <= maxTxnOps && compareCount <= maxTxnOps) return [...ops];
+  const inner = Math.floor(maxTxnOps / 2);
+  const outer = Math.ceil(ops.length / inner);
+  if (inner < 1 || Math.max(outer, compareCount) + inner > maxTxnOps) {
+    throw new RangeError(`a txn of ${ops.length} ops and ${compareCount} compares exceeds what --max-txn-ops ${maxTxnOps} allows (${txnCapacity(maxTxnOps)} ops)`);
+  }
+  const nested: NestedTxn[] = [];
+  for (let i = 0; i < ops.length; i += inner) nested.push({ type: 'txn', success: ops.slice(i, i + inner) });
+  return nested;
+}
+
+/**
+ * One transaction, nested when it has more ops than `maxTxnOps` (see txnCapacity). Returns
+ * whether the compares held (and so whether the ops ran).
+ */
+export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = [], maxTxnOps = DEFAULT_MAX_TXN_OPS): Promise<{ succeeded: boolean; header: Header }> {
+  const res = await side.unary(`txn of ${ops.length} ops`, 'KV/Txn', encodeTxnRequest(compares, nestOps(ops, maxTxnOps, compares.length)), decodeTxnResponse);
   return { succeeded: res.succeeded, header: res.header };
 }
 

@@ -8,7 +8,7 @@ import { type Compare, DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, getMany, 
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
 import { type CheckReport, FINDING_KINDS, type FindingKind, isConsistent } from '../diff/report.js';
 import type { Scope } from '../scope.js';
-import { OpChunker, DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_TXN_OPS } from './batch.js';
+import { OpChunker, DEFAULT_MAX_TXN_BYTES } from './batch.js';
 import { delay } from './retry.js';
 import type { StandbyWriter } from './writer.js';
 
@@ -167,7 +167,7 @@ export async function repair(
   writer: StandbyWriter,
   plan: RepairPlan,
   retry: AuditOptions['retry'],
-  limits = { maxOps: DEFAULT_MAX_TXN_OPS, maxBytes: DEFAULT_MAX_TXN_BYTES },
+  maxTxnBytes = DEFAULT_MAX_TXN_BYTES,
 ): Promise<{ put: number; deleted: number }> {
   const standbyRevision = plan.standbyRevision ?? (await retry('read standby revision', () => readHeader(standby))).revision;
   const unchanged = (key: Buffer): Compare => ({ key, target: 'Mod', result: 'Less', version: standbyRevision + 1n });
@@ -184,7 +184,8 @@ export async function repair(
   ]);
   let put = 0;
   let deleted = 0;
-  const chunker = new OpChunker(limits);
+  const maxOps = writer.guardedOpsPerTxn;
+  const chunker = new OpChunker({ maxOps, maxBytes: maxTxnBytes });
   for (const key of plan.put) {
     const kv = values.get(key.toString('latin1'));
     const full = kv && chunker.add({ type: 'put', key: kv.key, value: kv.value, lease: kv.lease });
@@ -193,6 +194,6 @@ export async function repair(
   const last = chunker.flush();
   if (last) put += await guarded(last);
   const deletes: WriteOp[] = plan.delete.filter((key) => !onPrimary.has(key.toString('latin1'))).map((key) => ({ type: 'delete', key }));
-  for (let i = 0; i < deletes.length; i += limits.maxOps) deleted += await guarded(deletes.slice(i, i + limits.maxOps));
+  for (let i = 0; i < deletes.length; i += maxOps) deleted += await guarded(deletes.slice(i, i + maxOps));
   return { put, deleted };
 }

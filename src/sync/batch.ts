@@ -12,8 +12,7 @@ export interface BatchLimits {
   maxBytes: number;
 }
 
-/** Default --max-txn-ops: etcd's own default limit. */
-export const DEFAULT_MAX_TXN_OPS = 128;
+export { DEFAULT_MAX_TXN_OPS } from '../etcd/kv.js';
 /** About 1 MiB of payload, under etcd's 1.5 MiB request limit with room for overhead. */
 export const DEFAULT_MAX_TXN_BYTES = 1024 * 1024;
 

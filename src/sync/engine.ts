@@ -22,10 +22,12 @@ import type { CheckReport } from '../diff/report.js';
 export const DEFAULT_CHECKPOINT_KEY = '/etcd-sync/checkpoint';
 /**
  * --write-concurrency. etcd puts the txns that arrive together into one raft batch and one
- * fsync: a 1M-key initial sync took 41 s with 4 in flight, 35 s with 8, 26-28 s with 16 and
- * 36 s with 32, against a batched-write ceiling of 20-22 s on the same machine (2 cores).
+ * fsync. With txns of 127 ops a 1M-key initial sync took 41 s with 4 in flight, 35 s with 8,
+ * 26-28 s with 16. Nested txns of ~1 MiB (txnCapacity) need fewer: 23.6 s with 4, 20.6 s with
+ * 8, 21.8 s with 16, where 16 MiB in flight took etcd-sync's peak RSS to 237 MB against 186 MB
+ * with 8 (one paired run, 2 cores).
  */
-export const DEFAULT_WRITE_CONCURRENCY = 16;
+export const DEFAULT_WRITE_CONCURRENCY = 8;
 /** --check-interval: 10 minutes, as operators expect of a data check. */
 export const DEFAULT_CHECK_INTERVAL_MS = 10 * 60_000;
 /** --heal-delay: first wait before restoring a key changed on the standby. */
@@ -35,7 +37,10 @@ export interface SyncOptions {
   scope: Scope;
   /** Where the last applied primary revision is recorded, outside the synced prefix. Default `/etcd-sync/checkpoint`. */
   checkpointKey: Buffer;
-  /** Operations per txn, etcd-sync's checkpoint included. Default 128 (etcd's --max-txn-ops). */
+  /**
+   * The standby etcd's --max-txn-ops, which etcd applies per level of a txn: nested, one txn
+   * holds maxTxnOps²/4 ops, the checkpoint included (see txnCapacity). Default 128.
+   */
   maxTxnOps?: number;
   /** Approximate payload per txn. Default 1 MiB. */
   maxTxnBytes?: number;
@@ -120,10 +125,10 @@ const HIGH_WATER_EVENTS = 50_000;
 const DEFAULT_REPLAY_WINDOW_REVISIONS = 1000;
 const DEFAULT_REPLAY_WINDOWS = 16;
 /**
- * With one txn of at most --max-txn-ops in flight, streaming follows at most maxTxnOps per
- * txn latency (127 / 30 ms ≈ 4k events/s on a busy standby). More txns are sent without
- * waiting, each comparing the checkpoint with the value the txn before it writes, so etcd
- * applies one only right after its predecessor and order holds whatever order they arrive in.
+ * With one txn in flight, streaming follows at most one txn's ops (txnCapacity: 4096 nested
+ * under the default --max-txn-ops) per txn latency. More txns are sent without waiting, once a
+ * full txn is queued, each comparing the checkpoint with the value the txn before it writes, so
+ * etcd applies one only right after its predecessor and order holds whatever order they arrive in.
  */
 export const DEFAULT_STREAM_TXNS_IN_FLIGHT = 4;
 /** Fetched but not yet applied replay windows stop growing beyond about this many bytes. */
@@ -158,7 +163,6 @@ export class SyncEngine {
   lastCheck: CheckReport | undefined;
   healer: SelfHealer | undefined;
 
-  private readonly maxTxnOps: number;
   private readonly maxTxnBytes: number;
   private readonly writeConcurrency: number;
   private readonly pageSize: number;
@@ -179,14 +183,13 @@ export class SyncEngine {
   ) {
     this.scope = options.scope;
     this.checkpointKey = options.checkpointKey;
-    this.maxTxnOps = options.maxTxnOps ?? DEFAULT_MAX_TXN_OPS;
     this.maxTxnBytes = options.maxTxnBytes ?? DEFAULT_MAX_TXN_BYTES;
     this.writeConcurrency = options.writeConcurrency ?? DEFAULT_WRITE_CONCURRENCY;
     this.pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
     this.progressIntervalMs = options.progressIntervalMs ?? 5_000;
     this.idleProgressMs = options.idleProgressMs ?? 5_000;
     this.leases = new LeaseMapper(primary, standby, leaseKeyPrefix(this.checkpointKey), log);
-    this.writer = new StandbyWriter(standby, this.leases, log, () => this.signal, options.writerHooks);
+    this.writer = new StandbyWriter(standby, this.leases, log, () => this.signal, options.writerHooks, options.maxTxnOps ?? DEFAULT_MAX_TXN_OPS);
   }
 
   private countResync(reason: string): void {
@@ -317,7 +320,7 @@ export class SyncEngine {
         this.log.info({ consistent: report.consistent, mode: report.mode, inScope: report.inScope, ...counts }, 'periodic check');
         const plan = repairPlan(report, this.options.prune ?? false);
         if (plan.put.length + plan.delete.length > 0) {
-          const repaired = await repair(this.primary, this.standby, this.writer, plan, retry, { maxOps: this.maxTxnOps, maxBytes: this.maxTxnBytes });
+          const repaired = await repair(this.primary, this.standby, this.writer, plan, retry, this.maxTxnBytes);
           this.log.info(repaired, 'periodic check repaired');
           report = { ...report, repaired };
         }
@@ -415,7 +418,7 @@ export class SyncEngine {
 
     const queue = new PQueue({ concurrency: this.writeConcurrency });
     let failure: unknown;
-    const chunker = new OpChunker({ maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes });
+    const chunker = new OpChunker({ maxOps: this.writer.opsPerTxn - 1, maxBytes: this.maxTxnBytes });
     const submit = async (chunk: WriteOp[]): Promise<void> => {
       // As many txns ready as in flight: enough to keep etcd busy, a bounded amount of memory.
       await queue.onSizeLessThan(this.writeConcurrency);
@@ -583,7 +586,8 @@ export class SyncEngine {
 
   /** The next txn's worth of whole revisions from the head of `events`, coalesced. */
   private takeBatch(events: readonly WatchEvent[]): EventBatch {
-    return takeEventBatch(headOfWholeRevisions(events, 10 * this.maxTxnOps + 1024), { maxOps: this.maxTxnOps - 1, maxBytes: this.maxTxnBytes }, (e) => this.eventOp(e));
+    const maxOps = this.writer.opsPerTxn - 1;
+    return takeEventBatch(headOfWholeRevisions(events, 10 * maxOps + 1024), { maxOps, maxBytes: this.maxTxnBytes }, (e) => this.eventOp(e));
   }
 
 
@@ -696,7 +700,7 @@ export class SyncEngine {
           // A second txn in flight only for a backlog of at least a full txn: below that, one
           // txn carries everything that arrived meanwhile, and concurrent txns would mostly
           // reach etcd out of order and be sent again.
-          if (limit > 0 && (pipeline.length === 0 || (pipeline.length < maxInFlight && limit >= this.maxTxnOps - 1))) {
+          if (limit > 0 && (pipeline.length === 0 || (pipeline.length < maxInFlight && limit >= this.writer.opsPerTxn - 1))) {
             const batch = this.takeBatch(limit < queue.length ? queue.slice(0, limit) : queue);
             // A value too large to share a txn is written alone, then its checkpoint (see
             // StandbyWriter): no room for the chain compare, so only with nothing in flight.

@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import type { EtcdSide } from '../etcd/connection.js';
-import { type Compare, type WriteOp, txn } from '../etcd/kv.js';
+import { type Compare, DEFAULT_MAX_TXN_OPS, type WriteOp, txn, txnCapacity } from '../etcd/kv.js';
 import type { LeaseMapper } from './leases.js';
 import { withRetry } from './retry.js';
 
@@ -38,7 +38,22 @@ export class StandbyWriter {
     private readonly log: Logger,
     private readonly signal: () => AbortSignal,
     private readonly hooks: WriterHooks = {},
+    /** The standby etcd's --max-txn-ops: the limit per level of a txn (see txnCapacity). */
+    private readonly maxTxnOps = DEFAULT_MAX_TXN_OPS,
   ) {}
+
+  /** Ops one txn holds, checkpoint included (nested, see txnCapacity). */
+  get opsPerTxn(): number {
+    return txnCapacity(this.maxTxnOps);
+  }
+
+  /**
+   * Ops one txn holds when each carries a compare of its own: compares cannot be nested away,
+   * and the fence's count too.
+   */
+  get guardedOpsPerTxn(): number {
+    return Math.max(1, this.maxTxnOps - (this.hooks.fence?.compares().length ?? 0));
+  }
 
   private retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
     return withRetry(what, fn, { log: this.log, signal: this.signal() });
@@ -95,7 +110,7 @@ export class StandbyWriter {
     const fence = this.hooks.fence;
     const all = fence ? [...compares, ...fence.compares()] : compares;
     const started = performance.now();
-    const result = await this.retry('write to standby', () => txn(this.standby, ops, all));
+    const result = await this.retry('write to standby', () => txn(this.standby, ops, all, this.maxTxnOps));
     this.hooks.onTxn?.((performance.now() - started) / 1000);
     if (result.succeeded) this.remember(result.header.revision);
     else if (fence) await fence.verify();
