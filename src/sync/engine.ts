@@ -23,11 +23,11 @@ export const DEFAULT_CHECKPOINT_KEY = '/etcd-sync/checkpoint';
 /**
  * --write-concurrency. etcd puts the txns that arrive together into one raft batch and one
  * fsync. With txns of 127 ops a 1M-key initial sync took 41 s with 4 in flight, 35 s with 8,
- * 26-28 s with 16. Nested txns of ~1 MiB (txnCapacity) need fewer: 23.6 s with 4, 20.6 s with
- * 8, 21.8 s with 16, where 16 MiB in flight took etcd-sync's peak RSS to 237 MB against 186 MB
- * with 8 (one paired run, 2 cores).
+ * 26-28 s with 16. Nested txns of ~1 MiB (txnCapacity) need fewer: on Node 20 23.6 s with 4,
+ * 20.6 s with 8, 21.8 s with 16 (peak RSS 180, 186, 237 MB); on Node 24, the image's runtime,
+ * 24.6 and 22.4 s with 4 (185, 184 MB) against 29.3 and 24.1 s with 8 (217, 218 MB). 2 cores.
  */
-export const DEFAULT_WRITE_CONCURRENCY = 8;
+export const DEFAULT_WRITE_CONCURRENCY = 4;
 /** --check-interval: 10 minutes, as operators expect of a data check. */
 export const DEFAULT_CHECK_INTERVAL_MS = 10 * 60_000;
 /** --heal-delay: first wait before restoring a key changed on the standby. */
