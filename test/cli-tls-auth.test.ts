@@ -124,6 +124,7 @@ describe('TLS, auth and bad input', () => {
     expect(none.output).toContain('missing --primary-endpoints (or ETCD_SYNC_PRIMARY_ENDPOINTS)');
     const cases: [string[], string][] = [
       [[...base(), '--max-txn-ops', 'many'], '--max-txn-ops must be a positive integer'],
+      [[...base(), '--max-txn-ops', '2'], '--max-txn-ops must be at least 3 (a write carries up to 3 compares), not 2'],
       [replace(base(), '--primary-endpoints', 'localhost:2379'), "'localhost:2379' must start with http:// or https://"],
       [[...base(), '--exclude-namespace', 'Bad_Name'], "--exclude-namespace: 'Bad_Name' is not a valid namespace name"],
       [[...base(), '--checkpoint-key', '/registry/etcd-sync'], '--checkpoint-key /registry/etcd-sync must be outside --key-prefix /registry/'],

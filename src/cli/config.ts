@@ -162,7 +162,8 @@ export function scopeConfig(options: Options): { scope: ScopeRules; checkpointKe
 
 function maxTxnOps(options: Options): number {
   const n = Number(options.maxTxnOps);
-  if (n < 2) throw new ConfigError('--max-txn-ops must be at least 2 (one op records the checkpoint)');
+  // A streaming txn compares the checkpoint chain and the leader's fence (two keys).
+  if (n < 3) throw new ConfigError(`--max-txn-ops must be at least 3 (a write carries up to 3 compares), not ${n}`);
   return n;
 }
 
