@@ -4,7 +4,8 @@
  * machine in one run (compare ratios, not absolute times). Prints a markdown table and writes
  * bench/results.json (bench/results-<N>.json for other sizes). Measures, as issue 6 numbers them:
  * 1 the ceiling and 2 the initial sync by etcd-sync, in K alternating rounds (default 3), each
- * into a fresh etcd; 2 the initial sync by make-mirror; 3 streaming catch-up of M single-key revisions by
+ * into a fresh etcd, and 1b the ceiling again while another process reads the primary (the reads
+ * a sync must do, on the same cores); 2 the initial sync by make-mirror; 3 streaming catch-up of M single-key revisions by
  * etcd-sync, and make-mirror following the same writes live; 4 replication lag at fixed write
  * rates for both, next to the probe's floor; 5 `check` time and peak RSS; 6 a restart after a
  * compaction gap in which 1% of the keys changed; 7 peak RSS of `run` during the initial sync.
@@ -52,6 +53,50 @@ async function revision(client: Etcd3): Promise<number> {
 function peakRssMb(child: ChildProcess): number {
   const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
   return Math.round(Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024);
+}
+
+/** Process output up to the first line containing `text`. */
+function waitForOutput(child: ChildProcess, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const onData = (d: Buffer): void => {
+      out += d.toString();
+      if (out.includes(text)) {
+        child.stdout?.off('data', onData);
+        resolve(out);
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`${text}: the process exited (${code}) first; it printed ${JSON.stringify(out)}`)));
+  });
+}
+
+/**
+ * The ceiling (batched write of N keys into a fresh etcd) while bench/scan-primary.ts reads the
+ * primary's N keys with etcd-sync's reader in a process of its own, timed from the scan's start
+ * to the later of the two.
+ */
+async function ceilingWithScan(primary: EtcdServer, startTimer: () => number): Promise<number> {
+  const scanner = spawn(process.execPath, [...NODE_FLAGS, path.resolve('dist/bench/scan-primary.js'), JSON.stringify(primary.sideConfig('primary'))], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...process.env, ...cliEnv },
+  });
+  const ceiling = await EtcdServer.start({ name: 'ceiling' });
+  const c = ceiling.client();
+  try {
+    await waitForOutput(scanner, 'ready');
+    const scanned = waitForOutput(scanner, 'scanned ');
+    const t = startTimer();
+    scanner.stdin?.write('go\n');
+    await batchedWrite(c, 0, KEYS);
+    const out = await scanned;
+    if (!out.includes(`scanned ${KEYS}\n`)) throw new Error(`the scan of the primary read other than ${KEYS} keys: ${out.trim()}`);
+    return since(t);
+  } finally {
+    scanner.kill();
+    c.close();
+    await ceiling.destroy();
+  }
 }
 
 async function stop(cli: CliProcess): Promise<void> {
@@ -127,6 +172,7 @@ async function main(): Promise<void> {
     // The ceiling and the sync in turn, each into a fresh etcd: the machine's noise (the ceiling
     // alone varied ±20% at 1M) is shared by the two of a round, and the ratio is each round's.
     const ceilings: number[] = [];
+    const ceilingsWithScan: number[] = [];
     const syncs: number[] = [];
     const diffs: number[] = [];
     const rss: number[] = [];
@@ -141,6 +187,9 @@ async function main(): Promise<void> {
       ceilings.push(since(t));
       c.close();
       await ceiling.destroy();
+
+      phase(`1b ceiling while another process reads the primary, round ${round}`);
+      ceilingsWithScan.push(await ceilingWithScan(primary, startTimer));
 
       phase(`2a etcd-sync initial sync, round ${round}`);
       if (round > 1) {
@@ -158,8 +207,11 @@ async function main(): Promise<void> {
       rss.push(peakRssMb(sync.child));
       await stop(sync);
     }
-    const ratios = (times: number[]): number[] => times.map((time, i) => Math.round((time / (ceilings[i] as number)) * 100) / 100);
+    const ratios = (times: number[], to = ceilings): number[] => times.map((time, i) => Math.round((time / (to[i] as number)) * 100) / 100);
     r.ceilingSeconds = median(ceilings);
+    r.ceilingWithScanSeconds = median(ceilingsWithScan);
+    r.etcdSyncInitialDiffToScanCeilingRatio = median(ratios(diffs, ceilingsWithScan));
+    r.ceilingWithScanRounds = ceilingsWithScan.join(', ');
     r.etcdSyncInitialSeconds = median(syncs);
     r.etcdSyncInitialDiffSeconds = median(diffs);
     r.etcdSyncInitialRatio = median(ratios(syncs));
@@ -259,6 +311,11 @@ async function main(): Promise<void> {
   const x = (a: number, b: number, digits = 1): string => `${(a / b).toFixed(digits)}x`;
   const rows: string[][] = [
     [`1 ceiling: batched write of N keys into a fresh etcd (median of ${SYNC_ROUNDS})`, `${n.ceilingSeconds} s`, `rounds ${r.ceilingRounds} s`],
+    [
+      `1b the ceiling while another process reads the primary's N keys (median of ${SYNC_ROUNDS})`,
+      `${n.ceilingWithScanSeconds} s`,
+      `rounds ${r.ceilingWithScanRounds} s; etcd-sync's diff ${n.etcdSyncInitialDiffToScanCeilingRatio}x this (median of the rounds' ratios)`,
+    ],
     [`2 initial sync, etcd-sync (process start to done; median of ${SYNC_ROUNDS})`, `${n.etcdSyncInitialSeconds} s`, `${n.etcdSyncInitialRatio}x the ceiling (median of the rounds' ratios; rounds ${r.etcdSyncInitialRounds} s)`],
     [`2 initial sync, etcd-sync (the diff alone, connected; median of ${SYNC_ROUNDS})`, `${n.etcdSyncInitialDiffSeconds} s`, `${n.etcdSyncInitialDiffRatio}x the ceiling (median of the rounds' ratios; rounds ${r.etcdSyncInitialDiffRounds} s)`],
     ['2 initial sync, make-mirror', `${n.makeMirrorInitialSeconds} s`, `etcd-sync ${x(n.makeMirrorInitialSeconds!, n.etcdSyncInitialSeconds!)} faster`],
