@@ -3,8 +3,8 @@
  * a fixed rate (open loop: the schedule does not wait for replies) and watches a destination,
  * the standby, the mirror, or the primary itself for the floor. The lag of a write is the
  * time from issuing its put to seeing it arrive in the destination's watch; both ends run in
- * this process, so one clock measures both. A write counts as delivered when it, or a later
- * write to the same key, arrives.
+ * this process, so one clock measures both. A write counts as delivered when it, or a write
+ * the primary applied to the same key after it, arrives.
  */
 import type { Etcd3 } from 'etcd3';
 
@@ -28,7 +28,7 @@ export interface LagResult {
 export const LAG_PREFIX = '/registry/configmaps/bench-lag/';
 
 /** Distinct keys the probe cycles through (Kubernetes objects are rewritten in place too). */
-const PROBE_KEYS = 1000;
+export const PROBE_KEYS = 1000;
 /** Writes in flight before the writer counts itself as the bottleneck and waits. */
 const MAX_IN_FLIGHT = 2000;
 const TICK_MS = 5;
@@ -43,6 +43,47 @@ function percentile(sorted: readonly number[], p: number): number {
 const median = (values: number[]): number => percentile([...values].sort((a, b) => a - b), 50);
 const round1 = (n: number): number => Math.round(n * 10) / 10;
 
+/**
+ * The lag of each write (undefined: not delivered): until it, or a write the primary applied to
+ * the same key after it, arrived in the destination's watch. A replicator may coalesce writes to
+ * one key (last write wins), and concurrent puts to one key may reach the primary in another
+ * order than the probe issued them, so "after" is by the primary's revision.
+ */
+export function deliveries(
+  issued: number,
+  issuedAt: readonly number[],
+  revisionOf: readonly (number | undefined)[],
+  seenAt: readonly (number | undefined)[],
+): (number | undefined)[] {
+  const lag: (number | undefined)[] = [];
+  for (let key = 0; key < Math.min(PROBE_KEYS, issued); key++) {
+    const writes: number[] = [];
+    for (let id = key; id < issued; id += PROBE_KEYS) writes.push(id);
+    // Latest revision first; a write without a reply (never applied, as far as the probe knows) last.
+    writes.sort((a, b) => (revisionOf[b] ?? -1) - (revisionOf[a] ?? -1));
+    let firstSeen = Number.POSITIVE_INFINITY;
+    for (const id of writes) {
+      const own = seenAt[id];
+      if (revisionOf[id] === undefined) firstSeen = Number.POSITIVE_INFINITY;
+      if (own !== undefined && own < firstSeen) firstSeen = own;
+      if (firstSeen !== Number.POSITIVE_INFINITY) lag[id] = firstSeen - (issuedAt[id] as number);
+    }
+  }
+  return lag;
+}
+
+/** Whether the primary's last write to some probe key has not arrived yet (every put answered). */
+export function lastWritesUnseen(issued: number, revisionOf: readonly (number | undefined)[], seenAt: readonly (number | undefined)[]): boolean {
+  const last = new Map<number, number>();
+  for (let id = 0; id < issued; id++) {
+    const key = id % PROBE_KEYS;
+    const current = last.get(key);
+    if (current === undefined || (revisionOf[id] ?? -1) > (revisionOf[current] ?? -1)) last.set(key, id);
+  }
+  for (const id of last.values()) if (seenAt[id] === undefined) return true;
+  return false;
+}
+
 export async function measureLag(
   writer: Etcd3,
   destination: Etcd3,
@@ -50,21 +91,15 @@ export async function measureLag(
 ): Promise<LagResult> {
   const { prefix, rate, seconds } = options;
   const issuedAt: number[] = [];
-  const lag: (number | undefined)[] = [];
-  let seen = 0;
+  /** The primary's revision of each write, from its put's reply. */
+  const revisionOf: (number | undefined)[] = [];
+  /** When each write itself arrived in the destination's watch. */
+  const seenAt: (number | undefined)[] = [];
   const watcher = await destination.watch().prefix(prefix).create();
   watcher.on('put', (kv) => {
     const head = kv.value.toString('latin1', 0, 24);
     const id = Number(head.slice(0, head.indexOf(':')));
-    const now = performance.now();
-    // A replicator may coalesce writes to one key (last write wins): seeing a write also
-    // delivers every earlier write to the same key that was not seen yet.
-    for (let j = id; j >= 0 && lag[j] === undefined; j -= PROBE_KEYS) {
-      const at = issuedAt[j];
-      if (at === undefined) break;
-      lag[j] = now - at;
-      seen++;
-    }
+    seenAt[id] ??= performance.now();
   });
   const padding = Buffer.alloc(1024, 0x70);
   let issued = 0;
@@ -82,21 +117,23 @@ export async function measureLag(
       inFlight++;
       writer.kv
         .put({ key: Buffer.from(`${prefix}k-${id % PROBE_KEYS}`), value })
-        .then(() => inFlight--)
+        .then((res) => {
+          revisionOf[id] = Number(res.header.revision);
+          inFlight--;
+        })
         .catch((err: unknown) => (failed = err));
     }
     await new Promise((resolve) => setTimeout(resolve, TICK_MS));
   }
   const writeSeconds = (performance.now() - started) / 1000;
   const drainUntil = performance.now() + (options.drainMs ?? 120_000);
-  while ((seen < issued || inFlight > 0) && performance.now() < drainUntil && failed === undefined) {
+  while ((inFlight > 0 || lastWritesUnseen(issued, revisionOf, seenAt)) && performance.now() < drainUntil && failed === undefined) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   await watcher.cancel();
   if (failed !== undefined) throw failed;
-  // Whatever the watch showed, the end state must be the primary's. Not at once: concurrent
-  // puts to one key may reach the primary in the opposite order of their ids, and then seeing
-  // the later id (counted as delivering the earlier one) precedes the primary's last write.
+  // Whatever the watch showed, the end state must be the primary's (a watch shows arrivals, not
+  // what the destination holds at the end); waited for, in case the drain timed out.
   const range = { key: Buffer.from(prefix), range_end: Buffer.from(`${prefix.slice(0, -1)}0`) };
   const differing = async (): Promise<number> => {
     const [source, copy] = await Promise.all([writer.kv.range(range), destination.kv.range(range)]);
@@ -109,6 +146,7 @@ export async function measureLag(
     await new Promise((resolve) => setTimeout(resolve, 100));
     keysDiffering = await differing();
   }
+  const lag = deliveries(issued, issuedAt, revisionOf, seenAt);
   const lags = lag.slice(0, issued).filter((l): l is number => l !== undefined);
   const sorted = [...lags].sort((a, b) => a - b);
   const third = Math.floor(issued / 3);
