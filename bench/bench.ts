@@ -86,6 +86,8 @@ async function ceilingWithScan(primary: EtcdServer, startTimer: () => number): P
   try {
     await waitForOutput(scanner, 'ready');
     const scanned = waitForOutput(scanner, 'scanned ');
+    // If the writes fail, the scanner is killed below and this rejects unawaited.
+    scanned.catch(() => undefined);
     const t = startTimer();
     scanner.stdin?.write('go\n');
     await batchedWrite(c, 0, KEYS);
