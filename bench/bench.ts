@@ -251,8 +251,9 @@ async function main(): Promise<void> {
     // process, a cold JIT). The table gives the median of the rounds.
     const warmUp = { prefix: LAG_PREFIX, rate: LAG_RATES[0] ?? 1000, seconds: 3 };
     const series = async (who: string, destination: Etcd3): Promise<void> => {
-      await measureLag(p, destination, warmUp);
-      for (const rate of LAG_RATES) (lagRounds[`${who}@${rate}`] ??= []).push(await measureLag(p, destination, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS }));
+      const lagPrimary = { endpoint: primary.endpoint, client: p };
+      await measureLag(lagPrimary, destination, warmUp);
+      for (const rate of LAG_RATES) (lagRounds[`${who}@${rate}`] ??= []).push(await measureLag(lagPrimary, destination, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS }));
     };
     for (let round = 1; round <= (LAG_RATES.length > 0 ? LAG_ROUNDS : 0); round++) {
       phase(`4 lag, round ${round}: floor (the probe watching the primary, nothing replicating)`);

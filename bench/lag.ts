@@ -1,12 +1,14 @@
 /**
  * Replication lag probe (issue 6, item 4): writes timestamped 1 KiB values to the primary at
- * a fixed rate (open loop: the schedule does not wait for replies) and watches a destination,
+ * a fixed rate (open loop: the schedule does not wait for replies), each a txn of one put over
+ * a lean writer of its own (RawPutter), and watches a destination with etcd3's watcher:
  * the standby, the mirror, or the primary itself for the floor. The lag of a write is the
  * time from issuing its put to seeing it arrive in the destination's watch; both ends run in
  * this process, so one clock measures both. A write counts as delivered when it, or a write
  * the primary applied to the same key after it, arrives.
  */
 import type { Etcd3 } from 'etcd3';
+import { RawPutter } from './raw-put.js';
 
 export interface LagResult {
   /** Writes per second asked for, and achieved by the writer. */
@@ -84,12 +86,19 @@ export function lastWritesUnseen(issued: number, revisionOf: readonly (number | 
   return false;
 }
 
+/** The primary the probe writes to: its endpoint for the writes (see RawPutter), a client for the end state. */
+export interface LagPrimary {
+  endpoint: string;
+  client: Etcd3;
+}
+
 export async function measureLag(
-  writer: Etcd3,
+  primary: LagPrimary,
   destination: Etcd3,
   options: { prefix: string; rate: number; seconds: number; drainMs?: number },
 ): Promise<LagResult> {
   const { prefix, rate, seconds } = options;
+  const writer = primary.client;
   const issuedAt: number[] = [];
   /** The primary's revision of each write, from its put's reply. */
   const revisionOf: (number | undefined)[] = [];
@@ -101,6 +110,7 @@ export async function measureLag(
     const id = Number(head.slice(0, head.indexOf(':')));
     seenAt[id] ??= performance.now();
   });
+  const putter = new RawPutter(primary.endpoint);
   const padding = Buffer.alloc(1024, 0x70);
   let issued = 0;
   let inFlight = 0;
@@ -115,10 +125,10 @@ export async function measureLag(
       value.write(`${id}:`, 0, 'latin1');
       issuedAt[id] = performance.now();
       inFlight++;
-      writer.kv
-        .put({ key: Buffer.from(`${prefix}k-${id % PROBE_KEYS}`), value })
-        .then((res) => {
-          revisionOf[id] = Number(res.header.revision);
+      putter
+        .put(Buffer.from(`${prefix}k-${id % PROBE_KEYS}`), value)
+        .then((revision) => {
+          revisionOf[id] = Number(revision);
           inFlight--;
         })
         .catch((err: unknown) => (failed = err));
@@ -130,6 +140,7 @@ export async function measureLag(
   while ((inFlight > 0 || lastWritesUnseen(issued, revisionOf, seenAt)) && performance.now() < drainUntil && failed === undefined) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+  putter.close();
   await watcher.cancel();
   if (failed !== undefined) throw failed;
   // Whatever the watch showed, the end state must be the primary's (a watch shows arrivals, not

@@ -1,6 +1,9 @@
-// The bench's lag probe: which arrival delivers which write (pure, no etcd).
+// The bench's lag probe: which arrival delivers which write (pure), and its writer against a real etcd.
 import { describe, expect, it } from 'vitest';
-import { PROBE_KEYS, deliveries, lastWritesUnseen } from '../bench/lag.js';
+import { LAG_PREFIX, PROBE_KEYS, deliveries, lastWritesUnseen, measureLag } from '../bench/lag.js';
+import { RawPutter } from '../bench/raw-put.js';
+import { freePort } from './helpers/etcd.js';
+import { usePair } from './helpers/pair.js';
 
 /** [id, issuedAt, the primary's revision, seenAt]; undefined: no reply, or never arrived. */
 type Write = [number, number, number | undefined, number | undefined];
@@ -67,5 +70,60 @@ describe('lag probe deliveries', () => {
     expect(result.lag[A]).toBe(lagA);
     expect(result.lag[B]).toBe(lagB);
     expect(result.unseenLast).toBe(unseenLast);
+  });
+});
+
+describe('lag probe against etcd', () => {
+  const pair = usePair();
+
+  it('RawPutter puts exactly the value, each put a revision of its own, and returns that revision', async () => {
+    const putter = new RawPutter(pair.primary.endpoint);
+    try {
+      const key = Buffer.from('/registry/configmaps/raw/a');
+      const first = await putter.put(key, Buffer.from('one'));
+      const second = await putter.put(key, Buffer.from([0, 1, 255]));
+      expect(second).toBe(first + 1n);
+      const res = await pair.p.kv.range({ key });
+      expect(res.kvs).toHaveLength(1);
+      expect(res.kvs[0]?.value).toEqual(Buffer.from([0, 1, 255]));
+      expect(BigInt(res.kvs[0]?.mod_revision ?? 0)).toBe(second);
+      expect(BigInt(res.kvs[0]?.create_revision ?? 0)).toBe(first);
+      expect(BigInt(res.header.revision)).toBe(second);
+    } finally {
+      putter.close();
+    }
+  });
+
+  it("RawPutter rejects with etcd's status and message, and when nothing listens", async () => {
+    const putter = new RawPutter(pair.primary.endpoint);
+    try {
+      await expect(putter.put(Buffer.alloc(0), Buffer.from('x'))).rejects.toThrow(
+        `raw put of  to ${pair.primary.endpoint}: gRPC status 3: etcdserver: key is not provided`,
+      );
+    } finally {
+      putter.close();
+    }
+    const nowhere = new RawPutter(`http://127.0.0.1:${await freePort()}`);
+    try {
+      await expect(nowhere.put(Buffer.from('k'), Buffer.from('v'))).rejects.toThrow(/^raw put of k to http:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED/);
+    } finally {
+      nowhere.close();
+    }
+    expect(() => new RawPutter('https://127.0.0.1:2379')).toThrow('raw put: https://127.0.0.1:2379: only http:// endpoints');
+  });
+
+  it('measureLag sees every write of a short floor run, and the primary holds each one', async () => {
+    const result = await measureLag({ endpoint: pair.primary.endpoint, client: pair.p }, pair.p, { prefix: LAG_PREFIX, rate: 200, seconds: 1 });
+    // Open loop on a 5 ms tick: the last tick may fall short of the second's 200.
+    expect(result.writes).toBeGreaterThanOrEqual(190);
+    expect(result.writes).toBeLessThanOrEqual(200);
+    expect({ unseen: result.unseen, keysDiffering: result.keysDiffering }).toEqual({ unseen: 0, keysDiffering: 0 });
+    expect(result.p50Ms).toBeGreaterThanOrEqual(0);
+    expect(result.maxMs).toBeGreaterThanOrEqual(result.p99Ms);
+    const res = await pair.p.kv.range({ key: Buffer.from(LAG_PREFIX), range_end: Buffer.from(`${LAG_PREFIX.slice(0, -1)}0`) });
+    // Fewer writes than PROBE_KEYS: write i went to key k-i, once.
+    const expected = Array.from({ length: result.writes }, (_, id): [string, string] => [`${LAG_PREFIX}k-${id}`, `${id}:`]).sort((x, y) => (x[0] < y[0] ? -1 : 1));
+    expect(res.kvs.map((kv) => [kv.key.toString(), kv.value.toString('latin1', 0, kv.value.indexOf(':') + 1)])).toEqual(expected);
+    expect(res.kvs.every((kv) => kv.value.length === 1024)).toBe(true);
   });
 });
