@@ -133,6 +133,7 @@ function medianOf(rounds: LagResult[]): LagResult {
     p99Ms: med((r) => r.p99Ms),
     maxMs: med((r) => r.maxMs),
     growthMs: med((r) => r.growthMs),
+    replyP99Ms: med((r) => r.replyP99Ms),
   };
 }
 const since = (t: number): number => seconds(performance.now() - t);
@@ -333,7 +334,7 @@ async function main(): Promise<void> {
       rows.push([
         `4 lag at ${rate} writes/s, ${who}${who === 'floor' ? ' (probe watching the primary)' : ''}`,
         `p50 ${l.p50Ms} / p99 ${l.p99Ms} / max ${l.maxMs} ms (median of ${LAG_ROUNDS})`,
-        `p99 of the rounds ${(lagRounds[`${who}@${rate}`] ?? []).map((x) => x.p99Ms).join(', ')} ms; growth ${l.growthMs} ms; ${l.achievedRate} writes/s achieved${l.unseen ? `; ${l.unseen} unseen in the watch` : ''}${l.keysDiffering ? `; ${l.keysDiffering} KEYS DIFFER AFTER THE DRAIN` : ''}${vsFloor}`,
+        `p99 of the rounds ${(lagRounds[`${who}@${rate}`] ?? []).map((x) => x.p99Ms).join(', ')} ms; the primary's replies to the probe p99 ${l.replyP99Ms} ms; growth ${l.growthMs} ms; ${l.achievedRate} writes/s achieved${l.unseen ? `; ${l.unseen} unseen in the watch` : ''}${l.keysDiffering ? `; ${l.keysDiffering} KEYS DIFFER AFTER THE DRAIN` : ''}${vsFloor}`,
       ]);
     }
   }

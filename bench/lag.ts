@@ -24,6 +24,12 @@ export interface LagResult {
   maxMs: number;
   /** Median lag of the last third of the writes minus that of the first third: > 0 means falling behind. */
   growthMs: number;
+  /**
+   * p99 of the time from issuing a put to the primary's reply reaching the probe. A lag cannot
+   * be shorter (the primary has not applied the write, or the probe's loop is behind), so where
+   * a replicator's lag follows it, the primary slowed under the load, not the copy.
+   */
+  replyP99Ms: number;
 }
 
 /** Where the probe writes: inside the synced prefix, apart from the bench's other keys. */
@@ -102,6 +108,7 @@ export async function measureLag(
   const issuedAt: number[] = [];
   /** The primary's revision of each write, from its put's reply. */
   const revisionOf: (number | undefined)[] = [];
+  const repliedAt: number[] = [];
   /** When each write itself arrived in the destination's watch. */
   const seenAt: (number | undefined)[] = [];
   const watcher = await destination.watch().prefix(prefix).create();
@@ -129,6 +136,7 @@ export async function measureLag(
         .put(Buffer.from(`${prefix}k-${id % PROBE_KEYS}`), value)
         .then((revision) => {
           revisionOf[id] = Number(revision);
+          repliedAt[id] = performance.now();
           inFlight--;
         })
         .catch((err: unknown) => (failed = err));
@@ -173,5 +181,6 @@ export async function measureLag(
     p99Ms: round1(percentile(sorted, 99)),
     maxMs: round1(sorted[sorted.length - 1] ?? Number.NaN),
     growthMs: round1(median(lastThird) - median(firstThird)),
+    replyP99Ms: round1(percentile(repliedAt.map((at, id) => at - (issuedAt[id] as number)).sort((a, b) => a - b), 99)),
   };
 }

@@ -3,8 +3,8 @@
  * sent as gRPC over node:http2 directly, encoded with etcd-sync's codec. Why not a gRPC client:
  * on these 2 cores the probe shares the CPU with both etcds and the replicator it measures, and
  * a grpc-js unary call costs about twice as much: 0.56–0.72 cores at 2,000 puts/s against
- * 0.31–0.37 this way (3 paired rounds of 8 s on one etcd, session 9); at 4,000 writes/s the
- * etcd3 probe and the primary alone filled both cores and the floor fell behind.
+ * 0.31–0.37 this way (3 paired rounds of 8 s on one etcd, measured ad hoc). With etcd3's put,
+ * the probe took 1.0–1.06 cores at 4,000 writes/s and its floor fell behind (p50 0.2–3.2 s).
  * Plain http only (the bench's etcds); no auth, no compression.
  */
 import http2 from 'node:http2';

@@ -120,6 +120,8 @@ describe('lag probe against etcd', () => {
     expect({ unseen: result.unseen, keysDiffering: result.keysDiffering }).toEqual({ unseen: 0, keysDiffering: 0 });
     expect(result.p50Ms).toBeGreaterThanOrEqual(0);
     expect(result.maxMs).toBeGreaterThanOrEqual(result.p99Ms);
+    expect(result.replyP99Ms).toBeGreaterThan(0);
+    expect(result.replyP99Ms).toBeLessThan(60_000);
     const res = await pair.p.kv.range({ key: Buffer.from(LAG_PREFIX), range_end: Buffer.from(`${LAG_PREFIX.slice(0, -1)}0`) });
     // Fewer writes than PROBE_KEYS: write i went to key k-i, once.
     const expected = Array.from({ length: result.writes }, (_, id): [string, string] => [`${LAG_PREFIX}k-${id}`, `${id}:`]).sort((x, y) => (x[0] < y[0] ? -1 : 1));
