@@ -25,9 +25,10 @@ export interface LagResult {
   /** Median lag of the last third of the writes minus that of the first third: > 0 means falling behind. */
   growthMs: number;
   /**
-   * p99 of the time from issuing a put to the primary's reply reaching the probe. A lag cannot
-   * be shorter (the primary has not applied the write, or the probe's loop is behind), so where
-   * a replicator's lag follows it, the primary slowed under the load, not the copy.
+   * p99 of the time from issuing a put to the primary's reply reaching the probe: the primary's
+   * own responsiveness under the round's load (the replicator shares the two cores). A watch may
+   * deliver a write before its reply, but where a replicator's lag tracks this, the primary (or
+   * the probe) slowed, not the copy.
    */
   replyP99Ms: number;
 }
