@@ -35,7 +35,12 @@ export class RawPutter {
         const s = headers['grpc-status'];
         if (typeof s === 'string') {
           status = s;
-          statusMessage = decodeURIComponent(String(headers['grpc-message'] ?? ''));
+          const raw = String(headers['grpc-message'] ?? '');
+          try {
+            statusMessage = decodeURIComponent(raw);
+          } catch {
+            statusMessage = raw; // not percent-encoded as gRPC asks: shown as sent
+          }
         }
       };
       const chunks: Buffer[] = [];
