@@ -251,8 +251,8 @@ async function main(): Promise<void> {
     // (it is shared and noisy); each series starts with an unrecorded warm-up run (a fresh
     // process, a cold JIT). The table gives the median of the rounds.
     const warmUp = { prefix: LAG_PREFIX, rate: LAG_RATES[0] ?? 1000, seconds: 3 };
+    const lagPrimary = { endpoint: primary.endpoint, client: p };
     const series = async (who: string, destination: Etcd3): Promise<void> => {
-      const lagPrimary = { endpoint: primary.endpoint, client: p };
       await measureLag(lagPrimary, destination, warmUp);
       for (const rate of LAG_RATES) (lagRounds[`${who}@${rate}`] ??= []).push(await measureLag(lagPrimary, destination, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS }));
     };

@@ -109,7 +109,8 @@ export async function measureLag(
   const issuedAt: number[] = [];
   /** The primary's revision of each write, from its put's reply. */
   const revisionOf: (number | undefined)[] = [];
-  const repliedAt: number[] = [];
+  /** Issue to reply of each answered put, in reply order. */
+  const replyMs: number[] = [];
   /** When each write itself arrived in the destination's watch. */
   const seenAt: (number | undefined)[] = [];
   const watcher = await destination.watch().prefix(prefix).create();
@@ -137,7 +138,7 @@ export async function measureLag(
         .put(Buffer.from(`${prefix}k-${id % PROBE_KEYS}`), value)
         .then((revision) => {
           revisionOf[id] = Number(revision);
-          repliedAt[id] = performance.now();
+          replyMs.push(performance.now() - (issuedAt[id] as number));
           inFlight--;
         })
         .catch((err: unknown) => (failed = err));
@@ -182,6 +183,6 @@ export async function measureLag(
     p99Ms: round1(percentile(sorted, 99)),
     maxMs: round1(sorted[sorted.length - 1] ?? Number.NaN),
     growthMs: round1(median(lastThird) - median(firstThird)),
-    replyP99Ms: round1(percentile(repliedAt.map((at, id) => at - (issuedAt[id] as number)).sort((a, b) => a - b), 99)),
+    replyP99Ms: round1(percentile(replyMs.sort((a, b) => a - b), 99)),
   };
 }
