@@ -81,22 +81,32 @@ async function ceilingWithScan(primary: EtcdServer, startTimer: () => number): P
     stdio: ['pipe', 'pipe', 'inherit'],
     env: { ...process.env, ...cliEnv },
   });
-  const ceiling = await EtcdServer.start({ name: 'ceiling' });
-  const c = ceiling.client();
   try {
-    await waitForOutput(scanner, 'ready');
-    const scanned = waitForOutput(scanner, 'scanned ');
-    // If the writes fail, the scanner is killed below and this rejects unawaited.
-    scanned.catch(() => undefined);
-    const t = startTimer();
-    scanner.stdin?.write('go\n');
-    await batchedWrite(c, 0, KEYS);
-    const out = await scanned;
-    if (!out.includes(`scanned ${KEYS}\n`)) throw new Error(`the scan of the primary read other than ${KEYS} keys: ${out.trim()}`);
-    return since(t);
+    return await withFreshEtcd(async (c) => {
+      await waitForOutput(scanner, 'ready');
+      const scanned = waitForOutput(scanner, 'scanned ');
+      // If the writes fail, the scanner is killed below and this rejects unawaited.
+      scanned.catch(() => undefined);
+      const t = startTimer();
+      scanner.stdin?.write('go\n');
+      await batchedWrite(c, 0, KEYS);
+      const out = await scanned;
+      if (!out.includes(`scanned ${KEYS}\n`)) throw new Error(`the scan of the primary read other than ${KEYS} keys: ${out.trim()}`);
+      return since(t);
+    });
   } finally {
     scanner.kill();
-    c.close();
+  }
+}
+
+/** Runs `use` with a client of a fresh etcd (the ceiling's), stopped and removed after. */
+async function withFreshEtcd<T>(use: (client: Etcd3) => Promise<T>): Promise<T> {
+  const ceiling = await EtcdServer.start({ name: 'ceiling' });
+  const client = ceiling.client();
+  try {
+    return await use(client);
+  } finally {
+    client.close();
     await ceiling.destroy();
   }
 }
@@ -183,13 +193,13 @@ async function main(): Promise<void> {
     let sync: CliProcess;
     for (let round = 1; round <= SYNC_ROUNDS; round++) {
       phase(`1 ceiling, round ${round}`);
-      const ceiling = await EtcdServer.start({ name: 'ceiling' });
-      const c = ceiling.client();
-      t = startTimer();
-      await batchedWrite(c, 0, KEYS);
-      ceilings.push(since(t));
-      c.close();
-      await ceiling.destroy();
+      ceilings.push(
+        await withFreshEtcd(async (c) => {
+          const started = startTimer();
+          await batchedWrite(c, 0, KEYS);
+          return since(started);
+        }),
+      );
 
       phase(`1b ceiling while another process reads the primary, round ${round}`);
       ceilingsWithScan.push(await ceilingWithScan(primary, startTimer));
