@@ -162,7 +162,8 @@ export function scopeConfig(options: Options): { scope: ScopeRules; checkpointKe
 
 function maxTxnOps(options: Options): number {
   const n = Number(options.maxTxnOps);
-  // A streaming txn compares the checkpoint chain and the leader's fence (two keys).
+  // A streaming txn's compares: the checkpoint chain (one) and the leader's fence (two, the
+  // leader key and the fenced key; see Supervisor.fence). Compares cannot be nested away.
   if (n < 3) throw new ConfigError(`--max-txn-ops must be at least 3 (a write carries up to 3 compares), not ${n}`);
   return n;
 }
