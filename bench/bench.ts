@@ -17,7 +17,7 @@ import type { Etcd3 } from 'etcd3';
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { LAG_PREFIX, type LagResult, measureLag } from './lag.js';
+import { LAG_PREFIX, type LagResult, measureLag, median } from './lag.js';
 import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
@@ -127,7 +127,6 @@ async function stopMirror(mirror: ChildProcess): Promise<void> {
 }
 
 const seconds = (ms: number): number => Math.round(ms) / 1000;
-const median = (values: readonly number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? NaN;
 
 /** Field by field median of the rounds of one measurement (unseen and differing keys: the worst). */
 function medianOf(rounds: LagResult[]): LagResult {

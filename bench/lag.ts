@@ -49,7 +49,8 @@ function percentile(sorted: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
 }
 
-const median = (values: number[]): number => percentile([...values].sort((a, b) => a - b), 50);
+/** The middle value (the upper of the two middle ones for an even count); NaN for none. */
+export const median = (values: readonly number[]): number => percentile([...values].sort((a, b) => a - b), 50);
 const round1 = (n: number): number => Math.round(n * 10) / 10;
 
 /**
