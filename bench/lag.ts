@@ -8,6 +8,7 @@
  * the primary applied to the same key after it, arrives.
  */
 import type { Etcd3 } from 'etcd3';
+import { prefixEnd } from '../src/scope.js';
 import { RawPutter } from './raw-put.js';
 
 export interface LagResult {
@@ -156,7 +157,7 @@ export async function measureLag(
   if (failed !== undefined) throw failed;
   // Whatever the watch showed, the end state must be the primary's (a watch shows arrivals, not
   // what the destination holds at the end); waited for, in case the drain timed out.
-  const range = { key: Buffer.from(prefix), range_end: Buffer.from(`${prefix.slice(0, -1)}0`) };
+  const range = { key: Buffer.from(prefix), range_end: prefixEnd(Buffer.from(prefix)) };
   const differing = async (): Promise<number> => {
     const [source, copy] = await Promise.all([writer.kv.range(range), destination.kv.range(range)]);
     const copied = new Map(copy.kvs.map((kv) => [kv.key.toString('latin1'), kv.value]));

@@ -2,6 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { LAG_PREFIX, PROBE_KEYS, deliveries, lastWritesUnseen, measureLag } from '../bench/lag.js';
 import { RawPutter } from '../bench/raw-put.js';
+import { prefixEnd } from '../src/scope.js';
 import { freePort } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
 
@@ -123,7 +124,7 @@ describe('lag probe against etcd', () => {
     expect(result.maxMs).toBeGreaterThanOrEqual(result.p99Ms);
     expect(result.replyP99Ms).toBeGreaterThan(0);
     expect(result.replyP99Ms).toBeLessThan(60_000);
-    const res = await pair.p.kv.range({ key: Buffer.from(LAG_PREFIX), range_end: Buffer.from(`${LAG_PREFIX.slice(0, -1)}0`) });
+    const res = await pair.p.kv.range({ key: Buffer.from(LAG_PREFIX), range_end: prefixEnd(Buffer.from(LAG_PREFIX)) });
     // Fewer writes than PROBE_KEYS: write i went to key k-i, once.
     const expected = Array.from({ length: result.writes }, (_, id): [string, string] => [`${LAG_PREFIX}k-${id}`, `${id}:`]).sort((x, y) => (x[0] < y[0] ? -1 : 1));
     expect(res.kvs.map((kv) => [kv.key.toString(), kv.value.toString('latin1', 0, kv.value.indexOf(':') + 1)])).toEqual(expected);
