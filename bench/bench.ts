@@ -18,7 +18,7 @@ import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { LAG_PREFIX, type LagResult, measureLag, median } from './lag.js';
-import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, peakRssMb, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const STREAM = Number(optionValue('--stream', '100000'));
@@ -48,11 +48,6 @@ async function count(client: Etcd3): Promise<number> {
 
 async function revision(client: Etcd3): Promise<number> {
   return Number((await client.kv.range({ key: Buffer.from('x') })).header.revision);
-}
-
-function peakRssMb(child: ChildProcess): number {
-  const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
-  return Math.round(Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024);
 }
 
 /** Process output up to the first line containing `text`. */

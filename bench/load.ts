@@ -1,4 +1,6 @@
 /** What the benchmark and the profiler share: the keyspace they load and how they load it. */
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import { DEFAULT_MAX_TXN_OPS, type WriteOp, nestOps, txnCapacity } from '../src/etcd/kv.js';
 import { DEFAULT_MAX_TXN_BYTES, OpChunker } from '../src/sync/batch.js';
@@ -18,6 +20,16 @@ export const VALUE = Buffer.alloc(1024, 0x61);
  */
 export const IMAGE_NODE_OPTIONS = '--max-old-space-size=192 --max-semi-space-size=8';
 export const IMAGE_NODE_FLAGS: readonly string[] = ['--heap-growing-percent=200'];
+
+function statusMb(child: ChildProcess, field: 'VmRSS' | 'VmHWM'): number {
+  const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+  return Math.round(Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) / 1024);
+}
+
+/** A running child's resident memory now, in MB. */
+export const rssMb = (child: ChildProcess): number => statusMb(child, 'VmRSS');
+/** A running child's peak resident memory so far (the kernel's high-water mark), in MB. */
+export const peakRssMb = (child: ChildProcess): number => statusMb(child, 'VmHWM');
 
 /** Kubernetes-shaped keys spread over 100 namespaces. */
 export const benchKey = (i: number): string => `/registry/configmaps/ns-${i % 100}/cm-${String(i).padStart(8, '0')}`;
