@@ -134,7 +134,7 @@ describe('audits under writes, self-healing, periodic check', () => {
     await waitInSync(p, s, undefined, 20_000);
     // Nobody but etcd-sync wrote the standby: a heal would have been a restore of a stale value.
     expect(running.engine.healer?.heals).toBe(0);
-    // Nor was any of its writes held as a change to look at later (each would be a timer and a read).
+    // Nor was any of its writes held as a change to look at later (each would have had a timer and a later look).
     expect(running.engine.healer?.trackedKeys).toBe(0);
     // A late heal would still show: one more write through the stream, then equal again, and none.
     await p.put('/registry/configmaps/hot/marker').value('m').exec();

@@ -72,8 +72,9 @@ export class SelfHealer {
             if (message.kind !== 'events') continue;
             let foreign = message.events.filter((event) => !this.writer.isOwn(event.modRevision) && this.scope.inScope(event.key));
             // The standby's watch often shows a txn's change before the txn's answer reaches
-            // etcd-sync (about three events in four, measured at 1,000 and 4,000 writes/s): judge once every txn sent so
-            // far has been answered, once per message, rather than give each such key heal state.
+            // etcd-sync (about three events in four, measured at 1,000 and 4,000 writes/s):
+            // judge once every txn sent so far has been answered, once per message, rather than
+            // give each such key heal state.
             if (foreign.length > 0) {
               await this.writer.settled();
               foreign = foreign.filter((event) => !this.writer.isOwn(event.modRevision));
