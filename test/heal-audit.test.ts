@@ -142,6 +142,29 @@ describe('audits under writes, self-healing, periodic check', () => {
     expect(running.engine.healer?.heals).toBe(0);
   });
 
+  it('a standby garbage collector deleting thousands of keys at once: all come back, a txn per 100 keys, not one per key', async () => {
+    const count = 3_000;
+    const key = (i: number): string => `/registry/replicasets/flood/rs-${String(i).padStart(5, '0')}`;
+    await putMany(
+      p,
+      Array.from({ length: count }, (_, i) => [key(i), `rs-${i}`]),
+    );
+    let txns = 0;
+    running = startEngine(primary, standby, { healDelayMs: 100, writerHooks: { onTxn: () => txns++ } });
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    await waitInSync(p, s);
+    const txnsBefore = txns;
+    await s.delete().prefix('/registry/replicasets/flood/').exec();
+    await waitFor(async () => (await snapshot(s, Buffer.from('/registry/replicasets/flood/'))).size === count, { timeoutMs: 30_000, message: 'the deleted keys did not all come back' });
+    const restored = await snapshot(s, Buffer.from('/registry/replicasets/flood/'));
+    expect([...restored].map(([k, e]) => [k, e.value.toString()])).toEqual(Array.from({ length: count }, (_, i) => [key(i), `rs-${i}`]));
+    expect(running.engine.healer?.heals).toBe(count);
+    // Restored 100 keys per step, one txn each: 30, and a few more where a step caught up with
+    // the keys' timers. Key by key it was 3,000 txns (and 3 calls per key, all at once).
+    expect(txns - txnsBefore).toBeGreaterThanOrEqual(count / 100);
+    expect(txns - txnsBefore).toBeLessThanOrEqual((2 * count) / 100);
+  });
+
   it('a standby controller that keeps deleting a key does not make etcd-sync spin', async () => {
     await p.put('/registry/pods/apps/contested').value('from the primary').exec();
     running = startEngine(primary, standby, { healDelayMs: 100 });
@@ -180,10 +203,11 @@ describe('audits under writes, self-healing, periodic check', () => {
     await waitFor(() => running!.engine.lastCheck?.consistent === true, { timeoutMs: 10_000, message: 'no clean periodic check' });
   });
 
-  it('the periodic check behind a fence (two compares, as the leader writes) repairs more keys than --max-txn-ops', async () => {
+  it('the periodic check behind a fence (two compares, as the leader writes) repairs more keys than --max-txn-ops and than one read step', async () => {
     // Each repaired key carries a compare of its own; with the fence's two, a chunk of
-    // --max-txn-ops keys would be a txn etcd refuses ("too many operations").
-    const keys = Array.from({ length: 300 }, (_, i) => `/registry/pods/fenced-repair/p-${String(i).padStart(3, '0')}`);
+    // --max-txn-ops keys would be a txn etcd refuses ("too many operations"). 2,500 keys: the
+    // repair reads the primary 1,000 keys at a time.
+    const keys = Array.from({ length: 2_500 }, (_, i) => `/registry/pods/fenced-repair/p-${String(i).padStart(4, '0')}`);
     await putMany(
       p,
       keys.map((k) => [k, `v-${k}`]),
@@ -200,7 +224,7 @@ describe('audits under writes, self-healing, periodic check', () => {
     await s.delete().prefix('/registry/pods/fenced-repair/').exec();
     await waitFor(async () => (await snapshot(s, Buffer.from('/registry/pods/fenced-repair/'))).size === keys.length, {
       timeoutMs: 20_000,
-      message: 'periodic check did not repair the 300 keys',
+      message: 'periodic check did not repair the 2,500 keys',
     });
     const repaired = await snapshot(s, Buffer.from('/registry/pods/fenced-repair/'));
     expect([...repaired].map(([k, e]) => [k, e.value.toString()])).toEqual(keys.map((k) => [k, `v-${k}`]));

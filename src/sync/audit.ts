@@ -4,11 +4,11 @@
  */
 import { CompactedError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { type Compare, DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, getMany, rangePage, readHeader, scanPages } from '../etcd/kv.js';
+import { DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, getMany, rangePage, readHeader, scanPages } from '../etcd/kv.js';
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
 import { type CheckReport, FINDING_KINDS, type FindingKind, isConsistent } from '../diff/report.js';
 import type { Scope } from '../scope.js';
-import { OpChunker, DEFAULT_MAX_TXN_BYTES } from './batch.js';
+import { DEFAULT_MAX_TXN_BYTES } from './batch.js';
 import { delay } from './retry.js';
 import type { StandbyWriter } from './writer.js';
 
@@ -156,6 +156,9 @@ export function repairPlan(report: CheckReport, prune: boolean): RepairPlan {
   };
 }
 
+/** Keys read from the primary per step of a repair: bounds the values held at once. */
+const REPAIR_READ_KEYS = 1_000;
+
 /**
  * Puts the primary's version of each key to put, and deletes each key to delete that is absent
  * on the primary, each only if the standby's copy was not modified after the compared standby
@@ -170,30 +173,23 @@ export async function repair(
   maxTxnBytes = DEFAULT_MAX_TXN_BYTES,
 ): Promise<{ put: number; deleted: number }> {
   const standbyRevision = plan.standbyRevision ?? (await retry('read standby revision', () => readHeader(standby))).revision;
-  const unchanged = (key: Buffer): Compare => ({ key, target: 'Mod', result: 'Less', version: standbyRevision + 1n });
-  /** Writes the ops in one guarded txn; when a guard fails, key by key. Returns how many were written. */
-  const guarded = async (ops: WriteOp[]): Promise<number> => {
-    if (await writer.write(ops, [], ops.map((op) => unchanged(op.key)))) return ops.length;
-    let written = 0;
-    if (ops.length > 1) for (const op of ops) if (await writer.write([op], [], [unchanged(op.key)])) written++;
-    return written;
-  };
-  const [values, onPrimary] = await Promise.all([
-    retry('read primary', () => getMany(primary, plan.put, plan.primaryRevision)),
-    retry('read primary', () => getMany(primary, plan.delete, plan.primaryRevision)),
-  ]);
   let put = 0;
   let deleted = 0;
-  const maxOps = writer.guardedOpsPerTxn;
-  const chunker = new OpChunker({ maxOps, maxBytes: maxTxnBytes });
-  for (const key of plan.put) {
-    const kv = values.get(key.toString('latin1'));
-    const full = kv && chunker.add({ type: 'put', key: kv.key, value: kv.value, lease: kv.lease });
-    if (full) put += await guarded(full);
+  for (let i = 0; i < plan.put.length; i += REPAIR_READ_KEYS) {
+    const keys = plan.put.slice(i, i + REPAIR_READ_KEYS);
+    const values = await retry('read primary', () => getMany(primary, keys, plan.primaryRevision));
+    const ops: WriteOp[] = [];
+    for (const key of keys) {
+      const kv = values.get(key.toString('latin1'));
+      if (kv) ops.push({ type: 'put', key: kv.key, value: kv.value, lease: kv.lease });
+    }
+    put += (await writer.writeUnchangedSince(ops, standbyRevision, maxTxnBytes)).length;
   }
-  const last = chunker.flush();
-  if (last) put += await guarded(last);
-  const deletes: WriteOp[] = plan.delete.filter((key) => !onPrimary.has(key.toString('latin1'))).map((key) => ({ type: 'delete', key }));
-  for (let i = 0; i < deletes.length; i += maxOps) deleted += await guarded(deletes.slice(i, i + maxOps));
+  for (let i = 0; i < plan.delete.length; i += REPAIR_READ_KEYS) {
+    const keys = plan.delete.slice(i, i + REPAIR_READ_KEYS);
+    const onPrimary = await retry('read primary', () => getMany(primary, keys, plan.primaryRevision));
+    const ops: WriteOp[] = keys.filter((key) => !onPrimary.has(key.toString('latin1'))).map((key) => ({ type: 'delete', key }));
+    deleted += (await writer.writeUnchangedSince(ops, standbyRevision, maxTxnBytes)).length;
+  }
   return { put, deleted };
 }

@@ -293,7 +293,7 @@ export class SyncEngine {
     const tasks: Promise<void>[] = [];
     const healDelayMs = this.options.healDelayMs ?? DEFAULT_HEAL_DELAY_MS;
     if (healDelayMs >= 0) {
-      const healer = new SelfHealer(this.primary, this.standby, this.scope, this.writer, this.log, { delayMs: healDelayMs });
+      const healer = new SelfHealer(this.primary, this.standby, this.scope, this.writer, this.log, { delayMs: healDelayMs, maxTxnBytes: this.maxTxnBytes });
       this.healer = healer;
       const heal = async (): Promise<void> => {
         const from = (await withRetry('read standby revision', () => readHeader(this.standby), { log: this.log, signal })).revision + 1n;

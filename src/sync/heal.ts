@@ -7,7 +7,7 @@
 import type { Logger } from 'pino';
 import { CompactedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { type Compare, getMany, readHeader } from '../etcd/kv.js';
+import { type WriteOp, getMany, readHeader } from '../etcd/kv.js';
 import { WatchStream } from '../etcd/watch.js';
 import type { Scope } from '../scope.js';
 import { AbortedError, delay, withRetry } from './retry.js';
@@ -20,10 +20,19 @@ export interface HealOptions {
   maxDelayMs?: number;
   /** A key not restored for this long starts again from delayMs. Default 10 min. */
   forgetAfterMs?: number;
+  /** Approximate payload bytes per restoring txn. Default DEFAULT_MAX_TXN_BYTES (--max-txn-bytes). */
+  maxTxnBytes?: number;
 }
 
 /** Past this many keys with heal state, quiet ones are forgotten. */
 const KEYS_REMEMBERED = 10_000;
+
+/**
+ * Keys looked at and restored per step, one step at a time: a standby garbage collector that
+ * deletes thousands of keys at once costs a few reads and txns per 100 keys, not three calls per
+ * key all at once (10,000 keys deleted together ran etcd-sync out of its 192 MB heap that way).
+ */
+const HEAL_BATCH_KEYS = 100;
 
 interface KeyState {
   key: Buffer;
@@ -37,6 +46,12 @@ export class SelfHealer {
   /** Keys put back so far. */
   heals = 0;
   private readonly keys = new Map<string, KeyState>();
+  /** Keys whose delay is over, waiting for the drain. */
+  private readonly due = new Map<string, KeyState>();
+  private draining: Promise<void> | undefined;
+  private signal: AbortSignal | undefined;
+  /** forgetQuietKeys runs when there are more keys than this (doubling, so a flood costs linear time). */
+  private forgetAbove = KEYS_REMEMBERED;
   private readonly maxDelayMs: number;
   private readonly forgetAfterMs: number;
 
@@ -61,6 +76,7 @@ export class SelfHealer {
   /** Watches the standby from `fromRevision` until the signal aborts. */
   async run(fromRevision: bigint, signal: AbortSignal): Promise<void> {
     let next = fromRevision;
+    this.signal = signal;
     const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: this.log, signal });
     try {
       while (!signal.aborted) {
@@ -103,12 +119,18 @@ export class SelfHealer {
       if (!(err instanceof AbortedError)) throw err;
     } finally {
       for (const state of this.keys.values()) clearTimeout(state.timer);
+      // A step under way ends by itself (its writes retry only until the engine stops); not
+      // awaited, so that a step retrying against an unreachable standby cannot hold run() up.
+      this.due.clear();
     }
   }
 
   /** A change to a synced key by someone else than etcd-sync: restore it after the key's delay. */
   private changed(key: Buffer): void {
-    if (this.keys.size > KEYS_REMEMBERED) this.forgetQuietKeys();
+    if (this.keys.size > this.forgetAbove) {
+      this.forgetQuietKeys();
+      this.forgetAbove = Math.max(KEYS_REMEMBERED, 2 * this.keys.size);
+    }
     const id = key.toString('latin1');
     let state = this.keys.get(id);
     if (!state) {
@@ -120,7 +142,11 @@ export class SelfHealer {
     if (Date.now() - state.lastHealAt > this.forgetAfterMs) state.streak = 0;
     const wait = Math.min(this.maxDelayMs, this.options.delayMs * 2 ** state.streak);
     const current = state;
-    state.timer = setTimeout(() => void this.heal(id, current), wait);
+    state.timer = setTimeout(() => {
+      current.timer = undefined;
+      this.due.set(id, current);
+      this.draining ??= this.drain().finally(() => (this.draining = undefined));
+    }, wait);
     state.timer.unref();
   }
 
@@ -128,32 +154,54 @@ export class SelfHealer {
   private forgetQuietKeys(): void {
     const now = Date.now();
     for (const [id, state] of this.keys) {
-      if (!state.timer && now - state.lastHealAt > this.forgetAfterMs) this.keys.delete(id);
+      if (!state.timer && !this.due.has(id) && now - state.lastHealAt > this.forgetAfterMs) this.keys.delete(id);
     }
   }
 
-  private async heal(id: string, state: KeyState): Promise<void> {
-    state.timer = undefined;
-    try {
-      const [p, s] = await Promise.all([getMany(this.primary, [state.key]), getMany(this.standby, [state.key])]);
+  private async drain(): Promise<void> {
+    // Every key whose timer is due now joins the first step (node runs the drain's start
+    // between two timers' callbacks otherwise).
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    while (this.due.size > 0 && !this.signal?.aborted) {
+      const batch: [string, KeyState][] = [];
+      for (const entry of this.due) {
+        batch.push(entry);
+        this.due.delete(entry[0]);
+        if (batch.length === HEAL_BATCH_KEYS) break;
+      }
+      try {
+        await this.heal(new Map(batch));
+      } catch (err) {
+        if (err instanceof AbortedError) return;
+        const first = batch[0]?.[1].key.toString();
+        this.log.warn({ keys: batch.length, first, err: describeError(err) }, 'self-heal failed, will retry on the next change');
+      }
+    }
+  }
+
+  /** Puts back the primary's version of each key whose standby copy is missing or differs. */
+  private async heal(batch: Map<string, KeyState>): Promise<void> {
+    const keys = [...batch.values()].map((state) => state.key);
+    // Read first: a standby copy modified after it (by the stream, say) is newer than the
+    // primary's version read here, and the restore leaves it alone.
+    const standbyRevision = (await readHeader(this.standby)).revision;
+    const [p, s] = await Promise.all([getMany(this.primary, keys), getMany(this.standby, keys)]);
+    const restores: WriteOp[] = [];
+    for (const id of batch.keys()) {
       const wanted = p.get(id);
       const copy = s.get(id);
       // Not a synced key (only the standby has it), or already equal again: nothing to restore.
-      if (!wanted || (copy && copy.value.equals(wanted.value))) return;
-      // Only over the standby's version just read: a newer one streamed meanwhile must not be
-      // replaced by this older read of the primary.
-      const unchanged: Compare = copy
-        ? { key: state.key, target: 'Mod', result: 'Equal', version: copy.modRevision }
-        : { key: state.key, target: 'Version', result: 'Equal', version: 0n };
-      const restored = await this.writer.write([{ type: 'put', key: wanted.key, value: wanted.value, lease: wanted.lease }], [], [unchanged]);
-      if (!restored) return;
+      if (wanted && !(copy && copy.value.equals(wanted.value))) restores.push({ type: 'put', key: wanted.key, value: wanted.value, lease: wanted.lease });
+    }
+    for (const op of await this.writer.writeUnchangedSince(restores, standbyRevision, this.options.maxTxnBytes)) {
+      const id = op.key.toString('latin1');
+      const state = batch.get(id);
+      if (!state) continue;
       this.heals++;
       state.streak++;
       state.lastHealAt = Date.now();
       this.onHeal?.(state.key);
-      this.log.info({ key: state.key.toString(), was: copy ? 'changed' : 'deleted', streak: state.streak }, 'self-heal: restored key from the primary');
-    } catch (err) {
-      this.log.warn({ key: state.key.toString(), err: describeError(err) }, 'self-heal failed, will retry on the next change');
+      this.log.info({ key: state.key.toString(), was: s.has(id) ? 'changed' : 'deleted', streak: state.streak }, 'self-heal: restored key from the primary');
     }
   }
 }

@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import type { EtcdSide } from '../etcd/connection.js';
 import { type Compare, DEFAULT_MAX_TXN_OPS, type WriteOp, txn, txnCapacity } from '../etcd/kv.js';
+import { DEFAULT_MAX_TXN_BYTES, OpChunker } from './batch.js';
 import type { LeaseMapper } from './leases.js';
 import { withRetry } from './retry.js';
 
@@ -84,6 +85,28 @@ export class StandbyWriter {
     const onPut = this.hooks.onPut;
     if (held && onPut) for (const op of ops) if (op.type === 'put') onPut(op.key, op.value);
     return held;
+  }
+
+  /**
+   * Writes each op only if its key's standby copy was not modified after `standbyRevision` (a
+   * copy changed since, by the stream or anyone, is newer and left alone), in txns as large as
+   * the per-key guards allow; a txn whose guard fails is redone key by key. Returns the ops written.
+   */
+  async writeUnchangedSince(ops: readonly WriteOp[], standbyRevision: bigint, maxTxnBytes = DEFAULT_MAX_TXN_BYTES): Promise<WriteOp[]> {
+    const unchanged = (key: Buffer): Compare => ({ key, target: 'Mod', result: 'Less', version: standbyRevision + 1n });
+    const written: WriteOp[] = [];
+    const guarded = async (chunk: WriteOp[]): Promise<void> => {
+      if (await this.write(chunk, [], chunk.map((op) => unchanged(op.key)))) written.push(...chunk);
+      else if (chunk.length > 1) for (const op of chunk) if (await this.write([op], [], [unchanged(op.key)])) written.push(op);
+    };
+    const chunker = new OpChunker({ maxOps: this.guardedOpsPerTxn, maxBytes: maxTxnBytes });
+    for (const op of ops) {
+      const full = chunker.add(op);
+      if (full) await guarded(full);
+    }
+    const last = chunker.flush();
+    if (last) await guarded(last);
+    return written;
   }
 
   private async writeMapped(mapped: WriteOp[], bookkeeping: WriteOp[], compares: Compare[]): Promise<boolean> {
