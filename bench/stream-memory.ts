@@ -3,7 +3,9 @@
  * `etcd-sync run`, started as the container image starts node, while it streams N single-key
  * writes of B-byte values (default 12,000 x 32 KiB: Kubernetes objects of the larger kind) made by
  * W concurrent clients of the primary, as apiservers do. The initial sync has nothing to copy, so
- * the peak is the stream's. Run on Node 24 with `PATH=.tools/node24/bin:$PATH npm run bench:stream-memory`.
+ * the peak is the stream's. Then the standby's "garbage collector" deletes all N keys at once, and
+ * the self-healer puts them back: the time until all are back, and the peak RSS after that. Run on
+ * Node 24 with `PATH=.tools/node24/bin:$PATH npm run bench:stream-memory`.
  */
 import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
@@ -15,6 +17,9 @@ const VALUE_BYTES = Number(optionValue('--value-bytes', '32768'));
 const WRITERS = Number(optionValue('--writers', '8'));
 
 const key = (i: number): string => `/registry/configmaps/ns-${i % 50}/cm-${String(i).padStart(8, '0')}`;
+const exited = (cli: CliProcess): boolean => cli.child.exitCode !== null || cli.child.signalCode !== null;
+/** Why a CLI that exited did: node's fatal error line (e.g. out of heap), or the end of its output. */
+const exitReason = (cli: CliProcess): string => `${cli.child.signalCode ?? cli.child.exitCode}: ${/FATAL ERROR[^\n]*/.exec(cli.output())?.[0] ?? cli.output().slice(-300)}`;
 const value = (i: number): Buffer => Buffer.alloc(VALUE_BYTES, 97 + (i % 26));
 
 async function main(): Promise<void> {
@@ -41,13 +46,23 @@ async function main(): Promise<void> {
       }),
     );
     const written = (performance.now() - started) / 1000;
-    await waitFor(async () => Number(await sc.getAll().prefix('/registry/configmaps/').count()) === KEYS, { timeoutMs: 600_000, intervalMs: 100 });
+    await waitFor(async () => Number(await sc.getAll().prefix('/registry/configmaps/').count()) === KEYS || exited(sync as CliProcess), { timeoutMs: 600_000, intervalMs: 100 });
+    if (exited(sync)) throw new Error(`etcd-sync exited while it streamed, ${exitReason(sync)}`);
     const copied = (performance.now() - started) / 1000;
     const last = await sc.get(key(KEYS - 1)).buffer();
     if (!last?.equals(value(KEYS - 1))) throw new Error(`the standby's ${key(KEYS - 1)} is not the primary's`);
-    console.log(`| etcd-sync run streaming ${KEYS} writes x ${VALUE_BYTES} B, ${WRITERS} writers, Node ${process.version} | written in | on the standby after | RSS streaming began at | peak RSS |`);
-    console.log('|---|---|---|---|---|');
-    console.log(`| NODE_OPTIONS=${IMAGE_NODE_OPTIONS}, node flags ${IMAGE_NODE_FLAGS.join(' ')} | ${written.toFixed(1)} s (${Math.round(KEYS / written)}/s) | ${copied.toFixed(1)} s | ${atStart} MB | ${peakRssMb(sync.child)} MB |`);
+    const streamedPeak = peakRssMb(sync.child);
+    const deletedAt = performance.now();
+    await sc.delete().prefix('/registry/configmaps/').exec();
+    await waitFor(async () => Number(await sc.getAll().prefix('/registry/configmaps/').count()) === KEYS || exited(sync as CliProcess), { timeoutMs: 600_000, intervalMs: 100 });
+    if (exited(sync)) throw new Error(`etcd-sync exited while it put the keys back, ${exitReason(sync)}`);
+    const healed = (performance.now() - deletedAt) / 1000;
+    const restored = (sync.output().match(/restored key from the primary/g) ?? []).length;
+    if (restored !== KEYS) throw new Error(`${restored} keys logged as restored, not ${KEYS}`);
+    console.log(`| etcd-sync run, ${KEYS} keys x ${VALUE_BYTES} B, Node ${process.version}, NODE_OPTIONS=${IMAGE_NODE_OPTIONS}, node flags ${IMAGE_NODE_FLAGS.join(' ')} | time | peak RSS |`);
+    console.log('|---|---|---|');
+    console.log(`| streamed: ${WRITERS} writers, one key per write (RSS ${atStart} MB when streaming began) | written in ${written.toFixed(1)} s (${Math.round(KEYS / written)}/s), all on the standby after ${copied.toFixed(1)} s | ${streamedPeak} MB |`);
+    console.log(`| all ${KEYS} deleted on the standby at once, put back by the self-healer (1 s heal delay included) | ${healed.toFixed(1)} s | ${peakRssMb(sync.child)} MB |`);
   } finally {
     if (sync) {
       sync.child.kill('SIGTERM');
