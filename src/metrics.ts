@@ -58,6 +58,7 @@ export class SyncMetrics {
       return since === undefined ? 0 : (Date.now() - since) / 1000;
     });
     gauge('self_heals_total', 'Keys restored after a change on the standby by someone else.', () => engine()?.healer?.heals ?? 0);
+    gauge('self_heal_pending_keys', 'Keys changed on the standby by someone else that wait to be looked at and restored.', () => engine()?.healer?.pendingKeys ?? 0);
     gauge('unreadable_encrypted_values', "Keys written whose encrypted value the standby's apiserver cannot read.", sources.unreadableEncryptedValues);
     gauge('leader', '1 on the replica that leads (writes).', () => (sources.isLeader() ? 1 : 0));
     new Gauge({

@@ -5,6 +5,7 @@ import { EtcdSide } from '../src/etcd/connection.js';
 import { Scope, defaultScopeRules } from '../src/scope.js';
 import { audit, repair, repairPlan } from '../src/sync/audit.js';
 import { LeaseMapper, leaseKeyPrefix } from '../src/sync/leases.js';
+import type { SyncOptions } from '../src/sync/engine.js';
 import { StandbyWriter } from '../src/sync/writer.js';
 import type { EtcdServer } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
@@ -25,6 +26,13 @@ describe('audits under writes, self-healing, periodic check', () => {
     await running?.stop();
     running = undefined;
   });
+
+  /** Starts the engine and waits until it streams. */
+  const startStreaming = async (options: Partial<SyncOptions>): Promise<RunningEngine> => {
+    running = startEngine(primary, standby, options);
+    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    return running;
+  };
 
   const auditOnce = async (checkpointKey: string, settleMs = 1_000) => {
     const ps = new EtcdSide(primary.sideConfig('primary'));
@@ -59,8 +67,7 @@ describe('audits under writes, self-healing, periodic check', () => {
   }
 
   it("compares at the standby's checkpoint: exact while the primary is being written", async () => {
-    running = startEngine(primary, standby, { healDelayMs: -1 });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: -1 });
     const writer = startWriter('/registry/configmaps/pinned');
     try {
       for (let i = 0; i < 5; i++) {
@@ -75,8 +82,7 @@ describe('audits under writes, self-healing, periodic check', () => {
   });
 
   it('without a usable checkpoint: latest against latest, in-flight findings dropped after settling', async () => {
-    running = startEngine(primary, standby, { healDelayMs: -1 });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: -1 });
     const writer = startWriter('/registry/configmaps/settle');
     let report;
     try {
@@ -100,8 +106,7 @@ describe('audits under writes, self-healing, periodic check', () => {
       ['/registry/deployments/apps/owner', 'owner'],
       ['/registry/replicasets/apps/dependent', 'dependent'],
     ]);
-    running = startEngine(primary, standby, { healDelayMs: 100 });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: 100 });
     await waitInSync(p, s);
     // The standby's garbage collector deletes the dependent; someone edits the owner.
     await s.delete().key('/registry/replicasets/apps/dependent').exec();
@@ -122,8 +127,7 @@ describe('audits under writes, self-healing, periodic check', () => {
 
   it("etcd-sync's own writes, hot keys written concurrently, are never taken for foreign ones and healed", async () => {
     // Heal delay 0: the healer judges an event at once, often before the txn that made it has returned.
-    running = startEngine(primary, standby, { healDelayMs: 0 });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: 0 });
     let stop = false;
     const writers = Array.from({ length: 4 }, async (_, w) => {
       for (let i = 0; !stop; i++) await p.put(`/registry/configmaps/hot/k-${(i * 4 + w) % 20}`).value(`w${w}-${i}`).exec();
@@ -150,8 +154,7 @@ describe('audits under writes, self-healing, periodic check', () => {
       Array.from({ length: count }, (_, i) => [key(i), `rs-${i}`]),
     );
     let txns = 0;
-    running = startEngine(primary, standby, { healDelayMs: 100, writerHooks: { onTxn: () => txns++ } });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: 100, writerHooks: { onTxn: () => txns++ } });
     await waitInSync(p, s);
     const txnsBefore = txns;
     await s.delete().prefix('/registry/replicasets/flood/').exec();
@@ -165,10 +168,29 @@ describe('audits under writes, self-healing, periodic check', () => {
     expect(txns - txnsBefore).toBeLessThanOrEqual((2 * count) / 100);
   });
 
+  it('keys waiting for their heal delay are counted as pending, and only those', async () => {
+    await putMany(p, [
+      ['/registry/pods/pending/a', 'a'],
+      ['/registry/pods/pending/b', 'b'],
+    ]);
+    // A delay longer than the test: the changes stay pending.
+    running = await startStreaming({ healDelayMs: 600_000 });
+    await waitInSync(p, s);
+    expect(running.engine.healer?.pendingKeys).toBe(0);
+    await s.delete().key('/registry/pods/pending/a').exec();
+    await s.put('/registry/pods/pending/b').value('edited').exec();
+    await s.put('/registry/pods/pending/b').value('edited again').exec();
+    await waitFor(() => running!.engine.healer?.pendingKeys === 2, { timeoutMs: 10_000, message: 'the two changed keys are not pending' });
+    // A write through the stream is etcd-sync's own: not pending.
+    await p.put('/registry/pods/pending/c').value('c').exec();
+    await waitFor(async () => (await snapshot(s)).has('/registry/pods/pending/c'), { timeoutMs: 10_000 });
+    expect(running.engine.healer?.pendingKeys).toBe(2);
+    expect(running.engine.healer?.heals).toBe(0);
+  });
+
   it('a standby controller that keeps deleting a key does not make etcd-sync spin', async () => {
     await p.put('/registry/pods/apps/contested').value('from the primary').exec();
-    running = startEngine(primary, standby, { healDelayMs: 100 });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: 100 });
     await waitFor(async () => (await snapshot(s)).has('/registry/pods/apps/contested'), { timeoutMs: 10_000 });
     // The "controller": deletes the key whenever it is there, for 3 s.
     const started = Date.now();
@@ -189,8 +211,7 @@ describe('audits under writes, self-healing, periodic check', () => {
 
   it('the periodic check repairs missing keys and, with prune, deletes surplus ones; its report is kept', async () => {
     await p.put('/registry/pods/apps/periodic').value('p').exec();
-    running = startEngine(primary, standby, { healDelayMs: -1, checkIntervalMs: 300, prune: true });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: -1, checkIntervalMs: 300, prune: true });
     await s.delete().key('/registry/pods/apps/periodic').exec();
     await s.put('/registry/secrets/apps/stray').value('s').exec();
     await waitFor(
@@ -219,8 +240,7 @@ describe('audits under writes, self-healing, periodic check', () => {
       ],
       verify: async () => undefined,
     };
-    running = startEngine(primary, standby, { healDelayMs: -1, checkIntervalMs: 300, writerHooks: { fence } });
-    await waitFor(() => running!.engine.state === 'streaming', { timeoutMs: 30_000 });
+    running = await startStreaming({ healDelayMs: -1, checkIntervalMs: 300, writerHooks: { fence } });
     await s.delete().prefix('/registry/pods/fenced-repair/').exec();
     await waitFor(async () => (await snapshot(s, Buffer.from('/registry/pods/fenced-repair/'))).size === keys.length, {
       timeoutMs: 20_000,

@@ -54,6 +54,7 @@ describe('HTTP surface of run', () => {
       expect(metrics.get('etcd_sync_txn_duration_seconds_count')).toBeGreaterThanOrEqual(2);
       expect(metrics.get('etcd_sync_watch_restarts_total')).toBe(0);
       expect(metrics.get('etcd_sync_self_heals_total')).toBe(0);
+      expect(metrics.get('etcd_sync_self_heal_pending_keys')).toBe(0);
       expect(metrics.get('etcd_sync_unreadable_encrypted_values')).toBe(0);
       expect(metrics.get('etcd_sync_check_keys{kind="missing"}')).toBe(0);
       expect(metrics.has('process_cpu_user_seconds_total')).toBe(true);

@@ -60,6 +60,13 @@ export class SelfHealer {
     return this.keys.size;
   }
 
+  /** Keys changed on the standby by someone else and not looked at yet: waiting for their delay or their step. */
+  get pendingKeys(): number {
+    let waiting = this.due.size;
+    for (const state of this.keys.values()) if (state.timer) waiting++;
+    return waiting;
+  }
+
   constructor(
     private readonly primary: EtcdSide,
     private readonly standby: EtcdSide,
