@@ -48,7 +48,7 @@ export class SelfHealer {
   private readonly keys = new Map<string, KeyState>();
   /** Keys whose delay is over, waiting for the drain. */
   private readonly due = new Map<string, KeyState>();
-  private draining: Promise<void> | undefined;
+  private draining = false;
   private signal: AbortSignal | undefined;
   /** forgetQuietKeys runs when there are more keys than this (doubling, so a flood costs linear time). */
   private forgetAbove = KEYS_REMEMBERED;
@@ -125,7 +125,10 @@ export class SelfHealer {
     } catch (err) {
       if (!(err instanceof AbortedError)) throw err;
     } finally {
-      for (const state of this.keys.values()) clearTimeout(state.timer);
+      for (const state of this.keys.values()) {
+        clearTimeout(state.timer);
+        state.timer = undefined;
+      }
       // A step under way ends by itself (its writes retry only until the engine stops); not
       // awaited, so that a step retrying against an unreachable standby cannot hold run() up.
       this.due.clear();
@@ -152,7 +155,11 @@ export class SelfHealer {
     state.timer = setTimeout(() => {
       current.timer = undefined;
       this.due.set(id, current);
-      this.draining ??= this.drain().finally(() => (this.draining = undefined));
+      if (!this.draining) {
+        this.draining = true;
+        // drain() catches every step's failure: it never rejects.
+        void this.drain().finally(() => (this.draining = false));
+      }
     }, wait);
     state.timer.unref();
   }
@@ -170,18 +177,18 @@ export class SelfHealer {
     // between two timers' callbacks otherwise).
     await new Promise<void>((resolve) => setImmediate(resolve));
     while (this.due.size > 0 && !this.signal?.aborted) {
-      const batch: [string, KeyState][] = [];
-      for (const entry of this.due) {
-        batch.push(entry);
-        this.due.delete(entry[0]);
-        if (batch.length === HEAL_BATCH_KEYS) break;
+      const batch = new Map<string, KeyState>();
+      for (const [id, state] of this.due) {
+        batch.set(id, state);
+        this.due.delete(id);
+        if (batch.size === HEAL_BATCH_KEYS) break;
       }
       try {
-        await this.heal(new Map(batch));
+        await this.heal(batch);
       } catch (err) {
         if (err instanceof AbortedError) return;
-        const first = batch[0]?.[1].key.toString();
-        this.log.warn({ keys: batch.length, first, err: describeError(err) }, 'self-heal failed, will retry on the next change');
+        const first = batch.values().next().value?.key.toString();
+        this.log.warn({ keys: batch.size, first, err: describeError(err) }, 'self-heal failed, will retry on the next change');
       }
     }
   }
