@@ -18,7 +18,7 @@ import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { LAG_PREFIX, type LagResult, measureLag, median } from './lag.js';
-import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, peakRssMb, singleKeyRevisions } from './load.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, peakRssMb, runScript, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const STREAM = Number(optionValue('--stream', '100000'));
@@ -354,7 +354,4 @@ async function main(): Promise<void> {
   process.stdout.write(`${table}\n`);
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench failed: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runScript('bench', main);

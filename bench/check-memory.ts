@@ -5,13 +5,13 @@
  * image's heap settings is measured.
  */
 import { spawnSync } from 'node:child_process';
-import { EtcdServer } from '../test/helpers/etcd.js';
-import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue } from './load.js';
+import { startPair } from '../test/helpers/etcd.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, runScript } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '1000000'));
 
 async function main(): Promise<void> {
-  const [p, s] = await Promise.all([EtcdServer.start({ name: 'primary' }), EtcdServer.start({ name: 'standby' })]);
+  const { primary: p, standby: s } = await startPair();
   const pc = p.client();
   const sc = s.client();
   try {
@@ -40,7 +40,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`check-memory failed: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runScript('check-memory', main);

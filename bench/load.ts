@@ -21,6 +21,14 @@ export const VALUE = Buffer.alloc(1024, 0x61);
 export const IMAGE_NODE_OPTIONS = '--max-old-space-size=192 --max-semi-space-size=8';
 export const IMAGE_NODE_FLAGS: readonly string[] = ['--heap-growing-percent=200'];
 
+/** Runs a script's main: a failure is one line on stderr and exit 1, not a stack. */
+export function runScript(name: string, main: () => Promise<void>): void {
+  main().catch((err: unknown) => {
+    process.stderr.write(`${name} failed: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}
+
 function statusMb(child: ChildProcess, field: 'VmRSS' | 'VmHWM'): number {
   const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
   return Math.round(Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) / 1024);

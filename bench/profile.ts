@@ -10,11 +10,11 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { EtcdServer } from '../test/helpers/etcd.js';
+import { startPair } from '../test/helpers/etcd.js';
 import { runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { LAG_PREFIX, measureLag } from './lag.js';
-import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, singleKeyRevisions } from './load.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, runScript, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const WHAT = optionValue('--what', 'sync');
@@ -51,7 +51,7 @@ function selfTimes(profile: Profile): { name: string; ms: number }[] {
 async function main(): Promise<void> {
   rmSync(PROFILE_DIR, { recursive: true, force: true });
   mkdirSync(PROFILE_DIR, { recursive: true });
-  const [primary, standby] = await Promise.all([EtcdServer.start({ name: 'primary' }), EtcdServer.start({ name: 'standby' })]);
+  const { primary, standby } = await startPair();
   const p = primary.client();
   try {
     await batchedWrite(p, 0, KEYS);
@@ -122,7 +122,4 @@ async function main(): Promise<void> {
   for (const t of top.slice(0, 30)) console.log(`${t.ms.toFixed(0).padStart(7)} ms ${((t.ms / total) * 100).toFixed(1).padStart(5)}%  ${t.name}`);
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`profile failed: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runScript('profile', main);

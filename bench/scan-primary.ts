@@ -7,6 +7,7 @@
 import { once } from 'node:events';
 import { EtcdSide, type EtcdSideConfig } from '../src/etcd/connection.js';
 import { readHeader, scanPages } from '../src/etcd/kv.js';
+import { runScript } from './load.js';
 
 async function main(): Promise<void> {
   const side = new EtcdSide(JSON.parse(process.argv[2] ?? '') as EtcdSideConfig);
@@ -24,7 +25,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`scan-primary failed: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runScript('scan-primary', main);

@@ -7,10 +7,10 @@
  * the self-healer puts them back: the time until all are back, and the peak RSS after that. Run on
  * Node 24 with `PATH=.tools/node24/bin:$PATH npm run bench:stream-memory`.
  */
-import { EtcdServer } from '../test/helpers/etcd.js';
+import { startPair } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, optionValue, peakRssMb, rssMb } from './load.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, optionValue, peakRssMb, rssMb, runScript } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '12000'));
 const VALUE_BYTES = Number(optionValue('--value-bytes', '32768'));
@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   ] as const) {
     if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a whole number of at least 1, not ${optionValue(name, '')}`);
   }
-  const [p, s] = await Promise.all([EtcdServer.start({ name: 'primary' }), EtcdServer.start({ name: 'standby' })]);
+  const { primary: p, standby: s } = await startPair();
   const pc = p.client();
   const sc = s.client();
   let sync: CliProcess | undefined;
@@ -74,7 +74,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`stream-memory failed: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runScript('stream-memory', main);
