@@ -34,6 +34,11 @@ async function main(): Promise<void> {
   const pc = p.client();
   const sc = s.client();
   let sync: CliProcess | undefined;
+  /** Waits until the standby holds all the keys; fails at once, with node's reason, when etcd-sync exits meanwhile. */
+  const allOnStandby = async (cli: CliProcess, during: string): Promise<void> => {
+    await waitFor(async () => Number(await sc.getAll().prefix('/registry/configmaps/').count()) === KEYS || exited(cli), { timeoutMs: 600_000, intervalMs: 100 });
+    if (exited(cli)) throw new Error(`etcd-sync exited while it ${during}, ${exitReason(cli)}`);
+  };
   try {
     sync = runCli(['run', ...p.cliArgs('primary'), ...s.cliArgs('standby'), '--http-address', 'off', '--check-interval', '0'], { NODE_OPTIONS: IMAGE_NODE_OPTIONS }, IMAGE_NODE_FLAGS);
     await sync.waitForLog('streaming from revision', 60_000);
@@ -46,16 +51,14 @@ async function main(): Promise<void> {
       }),
     );
     const written = (performance.now() - started) / 1000;
-    await waitFor(async () => Number(await sc.getAll().prefix('/registry/configmaps/').count()) === KEYS || exited(sync as CliProcess), { timeoutMs: 600_000, intervalMs: 100 });
-    if (exited(sync)) throw new Error(`etcd-sync exited while it streamed, ${exitReason(sync)}`);
+    await allOnStandby(sync, 'streamed');
     const copied = (performance.now() - started) / 1000;
     const last = await sc.get(key(KEYS - 1)).buffer();
     if (!last?.equals(value(KEYS - 1))) throw new Error(`the standby's ${key(KEYS - 1)} is not the primary's`);
     const streamedPeak = peakRssMb(sync.child);
     const deletedAt = performance.now();
     await sc.delete().prefix('/registry/configmaps/').exec();
-    await waitFor(async () => Number(await sc.getAll().prefix('/registry/configmaps/').count()) === KEYS || exited(sync as CliProcess), { timeoutMs: 600_000, intervalMs: 100 });
-    if (exited(sync)) throw new Error(`etcd-sync exited while it put the keys back, ${exitReason(sync)}`);
+    await allOnStandby(sync, 'put the keys back');
     const healed = (performance.now() - deletedAt) / 1000;
     const restored = (sync.output().match(/restored key from the primary/g) ?? []).length;
     if (restored !== KEYS) throw new Error(`${restored} keys logged as restored, not ${KEYS}`);
