@@ -4,6 +4,7 @@
  *   0 ok / clean shutdown · 1 runtime failure · 2 usage, configuration, TLS or auth error
  */
 import { CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { createInterface } from 'node:readline/promises';
 import { runCheck } from '../src/cli/check.js';
@@ -66,6 +67,9 @@ async function confirmDelete(keys: string[]): Promise<boolean> {
   }
 }
 
+// dist/bin/etcd-sync.js → the package's root, in the repository and in the image (/app) alike.
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
 let exitCode = 0;
 const program = buildProgram(process.env, async ({ name, options }) => {
   if (name === 'check') {
@@ -98,7 +102,7 @@ const program = buildProgram(process.env, async ({ name, options }) => {
     };
     await runSync(config, log, controller.signal, process.stderr.isTTY ? { onProgress: drawProgress, onState: endProgressLine } : {});
   }
-});
+}, VERSION);
 
 try {
   await program.parseAsync(process.argv);

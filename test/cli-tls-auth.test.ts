@@ -1,5 +1,5 @@
 /** mTLS and user/password on both sides, and every bad-input case of `run`, through the real CLI. */
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -112,6 +112,15 @@ describe('TLS, auth and bad input', () => {
     const r = await exitOf(args);
     expect(r.code).toBe(2);
     expect(r.output).toContain('primary and standby are the same etcd cluster');
+  });
+
+  it('--version prints the package version, exit 0', async () => {
+    const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    expect(version).toMatch(/^\d+\.\d+\.\d+/);
+    for (const flag of ['--version', '-V']) {
+      const r = await exitOf([flag]);
+      expect(r).toMatchObject({ code: 0, output: `${version}\n` });
+    }
   });
 
   it('unknown flag, missing endpoints, bad values: usage, exit 2', async () => {

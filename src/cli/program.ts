@@ -101,13 +101,14 @@ export interface ParsedCommand {
 
 /**
  * Builds the program. `onCommand` receives the chosen subcommand and its options (flags,
- * then environment, then defaults).
+ * then environment, then defaults); `version` is what `--version` prints.
  */
-export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unknown): Command {
+export function buildProgram(env: Env, onCommand: (parsed: ParsedCommand) => unknown, version?: string): Command {
   const program = new Command('etcd-sync')
     .description("Keeps a standby Kubernetes control plane's etcd a live copy of the primary's")
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
+  if (version !== undefined) program.version(version, '-V, --version', "print etcd-sync's version and exit");
 
   const run = new Command('run')
     .description('mirror the primary etcd into the standby: initial diff, then streaming (the daemon)')
