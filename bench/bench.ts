@@ -9,6 +9,8 @@
  * etcd-sync, and make-mirror following the same writes live; 4 replication lag at fixed write
  * rates for both, next to the probe's floor; 5 `check` time and peak RSS; 6 a restart after a
  * compaction gap in which 1% of the keys changed; 7 peak RSS of `run` during the initial sync.
+ * For 1, 2 and 4 it also reads each process's CPU time from /proc: the processes share the
+ * machine's cores, so their CPU time over the cores bounds how fast a measurement can go here.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -18,7 +20,7 @@ import { EtcdServer } from '../test/helpers/etcd.js';
 import { type CliProcess, runCli } from '../test/helpers/sync.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { LAG_PREFIX, type LagResult, measureLag, median } from './lag.js';
-import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, optionValue, peakRssMb, runScript, singleKeyRevisions } from './load.js';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS, batchedWrite, cpuSeconds, optionValue, ownCpuSeconds, peakRssMb, runScript, singleKeyRevisions } from './load.js';
 
 const KEYS = Number(optionValue('--keys', '100000'));
 const STREAM = Number(optionValue('--stream', '100000'));
@@ -40,6 +42,32 @@ const HOUR = 3_600_000;
 const NODE_OPTIONS = optionValue('--node-options', IMAGE_NODE_OPTIONS);
 const NODE_FLAGS = optionValue('--node-flags', IMAGE_NODE_FLAGS.join(' ')).split(' ').filter(Boolean);
 const cliEnv = { NODE_OPTIONS };
+const CORES = Number(execFileSync('nproc').toString().trim());
+
+/** CPU seconds per process: the benchmark's processes share the machine's cores. */
+type CpuUse = Record<string, number>;
+const round2 = (n: number): number => Math.round(n * 100) / 100;
+
+/** CPU seconds that each named process, and this one as `self` if named, use from now until the returned function is called. */
+function cpuMeter(pids: Record<string, number | undefined>, self?: string): () => CpuUse {
+  const start = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSeconds(pid)]));
+  const ownStart = ownCpuSeconds();
+  return () => {
+    const used: CpuUse = {};
+    for (const [name, pid] of Object.entries(pids)) used[name] = round2(cpuSeconds(pid) - (start[name] as number));
+    if (self !== undefined) used[self] = round2(ownCpuSeconds() - ownStart);
+    return used;
+  };
+}
+
+const cpuTotal = (use: CpuUse): number => Object.values(use).reduce((sum, s) => sum + s, 0);
+
+/** "a 0.8 + b 1.6 = 2.4": each process's median over the rounds, and the median of the rounds' totals. */
+function cpuSummary(rounds: readonly CpuUse[], unit: string): string {
+  const names = Object.keys(rounds[0] ?? {});
+  const parts = names.map((name) => `${name} ${round2(median(rounds.map((use) => use[name] ?? 0)))}`);
+  return `${parts.join(' + ')} = ${round2(median(rounds.map(cpuTotal)))} ${unit}`;
+}
 
 async function count(client: Etcd3): Promise<number> {
   const res = await client.kv.range({ key: Buffer.from('/registry/'), range_end: Buffer.from('/registry0'), count_only: true });
@@ -95,11 +123,11 @@ async function ceilingWithScan(primary: EtcdServer, startTimer: () => number): P
 }
 
 /** Runs `use` with a client of a fresh etcd (the ceiling's), stopped and removed after. */
-async function withFreshEtcd<T>(use: (client: Etcd3) => Promise<T>): Promise<T> {
+async function withFreshEtcd<T>(use: (client: Etcd3, server: EtcdServer) => Promise<T>): Promise<T> {
   const ceiling = await EtcdServer.start({ name: 'ceiling' });
   const client = ceiling.client();
   try {
-    return await use(client);
+    return await use(client, ceiling);
   } finally {
     client.close();
     await ceiling.destroy();
@@ -160,6 +188,8 @@ async function main(): Promise<void> {
   const r: Record<string, number | string> = { keys: KEYS, streamed: STREAM, machine, date: new Date().toISOString() };
   const lag: Record<string, LagResult> = {};
   const lagRounds: Record<string, LagResult[]> = {};
+  /** Cores each process kept busy in each lag round (CPU seconds over the round's wall time). */
+  const lagCpuRounds: Record<string, CpuUse[]> = {};
   const runArgsFor = (to: EtcdServer): string[] => ['run', ...primary.cliArgs('primary'), ...to.cliArgs('standby'), '--http-address', 'off', '--check-interval', '0'];
   let runArgs = runArgsFor(standby);
   const checkpointAt = async (): Promise<number> => {
@@ -183,15 +213,20 @@ async function main(): Promise<void> {
     const syncs: number[] = [];
     const diffs: number[] = [];
     const rss: number[] = [];
+    const ceilingCpu: CpuUse[] = [];
+    const syncCpu: CpuUse[] = [];
     let t = 0;
     let sync: CliProcess;
     for (let round = 1; round <= SYNC_ROUNDS; round++) {
       phase(`1 ceiling, round ${round}`);
       ceilings.push(
-        await withFreshEtcd(async (c) => {
+        await withFreshEtcd(async (c, server) => {
           const started = startTimer();
+          const cpu = cpuMeter({ etcd: server.process?.pid }, 'the writer');
           await batchedWrite(c, 0, KEYS);
-          return since(started);
+          const elapsed = since(started);
+          ceilingCpu.push(cpu());
+          return elapsed;
         }),
       );
 
@@ -207,9 +242,11 @@ async function main(): Promise<void> {
         runArgs = runArgsFor(standby);
       }
       t = startTimer();
+      const cpu = cpuMeter({ primary: primary.process?.pid, standby: standby.process?.pid });
       sync = runCli(runArgs, cliEnv, NODE_FLAGS);
       await sync.waitForLog('initial sync done', HOUR);
       syncs.push(since(t));
+      syncCpu.push({ ...cpu(), 'etcd-sync': round2(cpuSeconds(sync.child.pid)) });
       diffs.push(Number(/"durationMs":(\d+)/.exec(sync.output())?.[1]) / 1000);
       rss.push(peakRssMb(sync.child));
       await stop(sync);
@@ -227,6 +264,11 @@ async function main(): Promise<void> {
     r.etcdSyncInitialRounds = syncs.join(', ');
     r.etcdSyncInitialDiffRounds = diffs.join(', ');
     r.runPeakRssMb = Math.max(...rss);
+    r.ceilingCpu = cpuSummary(ceilingCpu, 'CPU-s');
+    r.etcdSyncInitialCpu = cpuSummary(syncCpu, 'CPU-s');
+    // However well the processes overlap, N cores cannot do the work in less than its CPU time / N.
+    r.etcdSyncInitialCpuBoundSeconds = round2(median(syncCpu.map((use) => cpuTotal(use) / CORES)));
+    r.etcdSyncInitialCpuBoundRatio = median(ratios(syncCpu.map((use) => round2(cpuTotal(use) / CORES))));
 
     phase('2b make-mirror initial copy');
     t = startTimer();
@@ -256,23 +298,29 @@ async function main(): Promise<void> {
     // process, a cold JIT). The table gives the median of the rounds.
     const warmUp = { prefix: LAG_PREFIX, rate: LAG_RATES[0] ?? 1000, seconds: 3 };
     const lagPrimary = { endpoint: primary.endpoint, client: p };
-    const series = async (who: string, destination: Etcd3): Promise<void> => {
+    const series = async (who: string, destination: Etcd3, pids: Record<string, number | undefined>): Promise<void> => {
       await measureLag(lagPrimary, destination, warmUp);
-      for (const rate of LAG_RATES) (lagRounds[`${who}@${rate}`] ??= []).push(await measureLag(lagPrimary, destination, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS }));
+      for (const rate of LAG_RATES) {
+        const cpu = cpuMeter(pids, 'the probe');
+        const started = performance.now();
+        (lagRounds[`${who}@${rate}`] ??= []).push(await measureLag(lagPrimary, destination, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS }));
+        const wall = (performance.now() - started) / 1000;
+        (lagCpuRounds[`${who}@${rate}`] ??= []).push(Object.fromEntries(Object.entries(cpu()).map(([name, s]) => [name, round2(s / wall)])));
+      }
     };
     for (let round = 1; round <= (LAG_RATES.length > 0 ? LAG_ROUNDS : 0); round++) {
       phase(`4 lag, round ${round}: floor (the probe watching the primary, nothing replicating)`);
-      await series('floor', p);
+      await series('floor', p, { primary: primary.process?.pid });
       phase(`4 lag, round ${round}: etcd-sync`);
       sync = runCli(runArgs, cliEnv, NODE_FLAGS);
       await sync.waitForLog('streaming from revision', HOUR);
-      await series('etcd-sync', s);
+      await series('etcd-sync', s, { primary: primary.process?.pid, standby: standby.process?.pid, 'etcd-sync': sync.child.pid });
       await stop(sync);
       phase(`4 lag, round ${round}: make-mirror`);
       const lagMirror = startMirror(primary, mirrorDest, LAG_PREFIX);
       await p.put(`${LAG_PREFIX}ready`).value(String(round)).exec();
       await waitFor(async () => (await m.get(`${LAG_PREFIX}ready`).string()) === String(round), { timeoutMs: 60_000 });
-      await series('make-mirror', m);
+      await series('make-mirror', m, { primary: primary.process?.pid, 'its destination': mirrorDest.process?.pid, 'make-mirror': lagMirror.pid });
       await stopMirror(lagMirror);
     }
     for (const [name, rounds] of Object.entries(lagRounds)) lag[name] = medianOf(rounds);
@@ -318,7 +366,7 @@ async function main(): Promise<void> {
   const n = r as Record<string, number>;
   const x = (a: number, b: number, digits = 1): string => `${(a / b).toFixed(digits)}x`;
   const rows: string[][] = [
-    [`1 ceiling: batched write of N keys into a fresh etcd (median of ${SYNC_ROUNDS})`, `${n.ceilingSeconds} s`, `rounds ${r.ceilingRounds} s`],
+    [`1 ceiling: batched write of N keys into a fresh etcd (median of ${SYNC_ROUNDS})`, `${n.ceilingSeconds} s`, `rounds ${r.ceilingRounds} s; CPU ${r.ceilingCpu}`],
     [
       `1b the ceiling while another process reads the primary's N keys (median of ${SYNC_ROUNDS})`,
       `${n.ceilingWithScanSeconds} s`,
@@ -326,6 +374,11 @@ async function main(): Promise<void> {
     ],
     [`2 initial sync, etcd-sync (process start to done; median of ${SYNC_ROUNDS})`, `${n.etcdSyncInitialSeconds} s`, `${n.etcdSyncInitialRatio}x the ceiling (median of the rounds' ratios; rounds ${r.etcdSyncInitialRounds} s)`],
     [`2 initial sync, etcd-sync (the diff alone, connected; median of ${SYNC_ROUNDS})`, `${n.etcdSyncInitialDiffSeconds} s`, `${n.etcdSyncInitialDiffRatio}x the ceiling (median of the rounds' ratios; rounds ${r.etcdSyncInitialDiffRounds} s)`],
+    [
+      `2 initial sync, CPU time of the processes, process start to done (median of ${SYNC_ROUNDS})`,
+      `${n.etcdSyncInitialCpuBoundSeconds} s on ${CORES} cores at the least`,
+      `${n.etcdSyncInitialCpuBoundRatio}x the ceiling (median of the rounds' ratios); CPU ${r.etcdSyncInitialCpu}`,
+    ],
     ['2 initial sync, make-mirror', `${n.makeMirrorInitialSeconds} s`, `etcd-sync ${x(n.makeMirrorInitialSeconds!, n.etcdSyncInitialSeconds!)} faster`],
     [`3 catch-up of ${STREAM} single-key revisions, etcd-sync (start to checkpoint)`, `${n.etcdSyncCatchUpSeconds} s`, `${n.etcdSyncCatchUpRevisionsPerSecond} rev/s`],
     [`3 the same revisions, make-mirror following live (written in ${n.streamWriteSeconds} s)`, `${n.makeMirrorFollowSeconds} s`, `${n.makeMirrorRevisionsPerSecond} rev/s; etcd-sync ${x(n.etcdSyncCatchUpRevisionsPerSecond!, n.makeMirrorRevisionsPerSecond!)}`],
@@ -338,7 +391,7 @@ async function main(): Promise<void> {
       rows.push([
         `4 lag at ${rate} writes/s, ${who}${who === 'floor' ? ' (probe watching the primary)' : ''}`,
         `p50 ${l.p50Ms} / p99 ${l.p99Ms} / max ${l.maxMs} ms (median of ${LAG_ROUNDS})`,
-        `p99 of the rounds ${(lagRounds[`${who}@${rate}`] ?? []).map((x) => x.p99Ms).join(', ')} ms; the primary's replies to the probe p99 ${l.replyP99Ms} ms; growth ${l.growthMs} ms; ${l.achievedRate} writes/s achieved${l.unseen ? `; ${l.unseen} unseen in the watch` : ''}${l.keysDiffering ? `; ${l.keysDiffering} KEYS DIFFER AFTER THE DRAIN` : ''}${vsFloor}`,
+        `p99 of the rounds ${(lagRounds[`${who}@${rate}`] ?? []).map((x) => x.p99Ms).join(', ')} ms; the primary's replies to the probe p99 ${l.replyP99Ms} ms; growth ${l.growthMs} ms; ${l.achievedRate} writes/s achieved${l.unseen ? `; ${l.unseen} unseen in the watch` : ''}${l.keysDiffering ? `; ${l.keysDiffering} KEYS DIFFER AFTER THE DRAIN` : ''}${vsFloor}; cores busy: ${cpuSummary(lagCpuRounds[`${who}@${rate}`] ?? [], `of ${CORES}`)}`,
       ]);
     }
   }
@@ -350,7 +403,7 @@ async function main(): Promise<void> {
   );
   const table = [`| measure (${KEYS} keys x 1 KiB; ${machine}) | value | ratio / note |`, '|---|---|---|', ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n');
   const file = KEYS === 100_000 ? 'bench/results.json' : `bench/results-${KEYS}.json`;
-  writeFileSync(file, `${JSON.stringify({ ...r, lag, lagRounds, table }, null, 2)}\n`);
+  writeFileSync(file, `${JSON.stringify({ ...r, lag, lagRounds, lagCpuRounds, table }, null, 2)}\n`);
   process.stdout.write(`${table}\n`);
 }
 

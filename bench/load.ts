@@ -1,5 +1,5 @@
 /** What the benchmark and the profiler share: the keyspace they load and how they load it. */
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import { DEFAULT_MAX_TXN_OPS, type WriteOp, nestOps, txnCapacity } from '../src/etcd/kv.js';
@@ -38,6 +38,26 @@ function statusMb(child: ChildProcess, field: 'VmRSS' | 'VmHWM'): number {
 export const rssMb = (child: ChildProcess): number => statusMb(child, 'VmRSS');
 /** A running child's peak resident memory so far (the kernel's high-water mark), in MB. */
 export const peakRssMb = (child: ChildProcess): number => statusMb(child, 'VmHWM');
+
+const CLOCK_TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+/**
+ * CPU time (user + system, all threads) a running process has used so far, in seconds, to the
+ * kernel's clock tick (10 ms): on 2 cores the processes of a measurement share the CPU, and their
+ * sum bounds how fast it can go.
+ */
+export function cpuSeconds(pid: number | undefined): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command's closing parenthesis, from field 3 (state): utime is 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** This process's own CPU time so far, in seconds. */
+export function ownCpuSeconds(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1e6;
+}
 
 /** Kubernetes-shaped keys spread over 100 namespaces. */
 export const benchKey = (i: number): string => `/registry/configmaps/ns-${i % 100}/cm-${String(i).padStart(8, '0')}`;
