@@ -32,12 +32,17 @@ export interface EtcdServerOptions {
   tls?: TlsFiles;
   /** Enables auth with user root and this password. */
   rootPassword?: string;
+  /** This client port, not a free one (no retry when it is taken): for the helper's own test. */
+  clientPort?: number;
 }
 
 export class EtcdServer {
   process: ChildProcess | undefined;
   readonly endpoint: string;
   private readonly peerUrl: string;
+  /** The etcd member's name, unique to this server: the readiness probe checks it answers, not another etcd. */
+  private readonly memberName: string;
+  private authEnabled = false;
   private stderr = '';
 
   private constructor(
@@ -50,20 +55,21 @@ export class EtcdServer {
     const scheme = options.tls ? 'https' : 'http';
     this.endpoint = `${scheme}://127.0.0.1:${clientPort}`;
     this.peerUrl = `http://127.0.0.1:${peerPort}`;
+    this.memberName = `${name}-${clientPort}-${process.pid}`;
   }
 
   static async start(options: EtcdServerOptions = {}): Promise<EtcdServer> {
     const name = options.name ?? 'etcd';
     for (let attempt = 1; ; attempt++) {
       const dataDir = mkdtempSync(path.join(os.tmpdir(), `etcd-sync-${name}-`));
-      const server = new EtcdServer(name, dataDir, await freePort(), await freePort(), options);
+      const server = new EtcdServer(name, dataDir, options.clientPort ?? (await freePort()), await freePort(), options);
       try {
         await server.launch();
       } catch (err) {
         await server.destroy();
         // A port freePort found can be taken before etcd binds it (any process's outgoing
         // connection draws from the same ephemeral range): new ports, a new etcd.
-        if (attempt < 3 && /address already in use/.test(String(err))) continue;
+        if (attempt < 3 && options.clientPort === undefined && /address already in use/.test(String(err))) continue;
         throw err;
       }
       if (options.rootPassword) await server.enableAuth(options.rootPassword);
@@ -72,16 +78,15 @@ export class EtcdServer {
   }
 
   private args(): string[] {
-    const token = `${this.name}-${this.clientPort}-${process.pid}`;
     const args = [
-      `--name=${this.name}`,
+      `--name=${this.memberName}`,
       `--data-dir=${this.dataDir}`,
       `--listen-client-urls=${this.endpoint}`,
       `--advertise-client-urls=${this.endpoint}`,
       `--listen-peer-urls=${this.peerUrl}`,
       `--initial-advertise-peer-urls=${this.peerUrl}`,
-      `--initial-cluster=${this.name}=${this.peerUrl}`,
-      `--initial-cluster-token=${token}`,
+      `--initial-cluster=${this.memberName}=${this.peerUrl}`,
+      `--initial-cluster-token=${this.memberName}`,
       '--logger=zap',
       '--log-level=error',
       '--quota-backend-bytes=8589934592',
@@ -105,7 +110,8 @@ export class EtcdServer {
     this.process = child;
     const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
     let exited = false;
-    const client = new Etcd3(this.clientOptions({ root: true }));
+    // Root's credentials only once auth is on: before, etcd refuses to authenticate anyone.
+    const client = new Etcd3(this.clientOptions({ root: this.authEnabled }));
     try {
       await waitFor(
         async () => {
@@ -113,11 +119,14 @@ export class EtcdServer {
           if (child.exitCode !== null || child.signalCode !== null) exited = true;
           if (exited) return true;
           try {
-            await client.kv.range({ key: Buffer.from('probe') });
-            return true;
-          } catch (err) {
-            // auth not yet enabled on first start: a token error means the server answers
-            return /auth|token|permission/i.test(String(err));
+            // Another test file's etcd can take this port between freePort and this etcd's
+            // bind (and a pair's two servers, started at once, each other's): then that one
+            // answers here while this one exits with "address already in use". Ready only
+            // when the member answering is this one.
+            const { members } = await client.cluster.memberList({});
+            return members.some((member) => member.name === this.memberName);
+          } catch {
+            return false;
           }
         },
         { timeoutMs: 20_000, message: `etcd ${this.name} did not become ready` },
@@ -138,6 +147,7 @@ export class EtcdServer {
       await client.user('root').create(password);
       await client.user('root').addRole('root');
       await client.auth.authEnable({});
+      this.authEnabled = true;
     } finally {
       client.close();
     }
