@@ -92,7 +92,7 @@ const program = buildProgram(process.env, async ({ name, options }) => {
   }
   if (name === 'run') {
     // The Pod name (Downward API) or the hostname, unless --identity says otherwise.
-    const config = runConfig({ identity: process.env.POD_NAME || hostname(), ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) });
+    const config = runConfig({ identity: process.env.POD_NAME || hostname(), version: VERSION, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) });
     const log = createLogger(config.logLevel, { cmd: 'run' }, process.stderr.isTTY);
     process.once('SIGTERM', () => log.info('SIGTERM: finishing the transaction in flight'));
     process.once('SIGINT', () => log.info('SIGINT: finishing the transaction in flight'));

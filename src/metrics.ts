@@ -17,6 +17,8 @@ export const SYNC_STATES: readonly (SyncState | 'paused' | 'fenced' | 'follower'
 export interface MetricsSources {
   engine(): SyncEngine | undefined;
   identity: string;
+  /** etcd-sync's version, the label of etcd_sync_build_info. */
+  version: string;
   isLeader(): boolean;
   /** The state to report (the engine's, or paused/fenced/follower around it). */
   state(): string;
@@ -50,6 +52,8 @@ export class SyncMetrics {
         },
       });
     };
+    // Which build each replica runs, as Prometheus exporters say it (Node's own is nodejs_version_info).
+    new Gauge({ name: 'etcd_sync_build_info', help: "Always 1; the version label is etcd-sync's.", labelNames: ['version'], registers: [r] }).set({ version: sources.version }, 1);
     gauge('applied_revision', 'Last primary revision applied to the standby.', () => Number(engine()?.appliedRevision ?? 0n));
     gauge('primary_revision', "The primary's revision as last seen.", () => Number(engine()?.primaryRevision ?? 0n));
     gauge('lag_revisions', 'Revisions the standby is behind the primary.', () => Number(engine()?.lagRevisions ?? 0n));

@@ -81,7 +81,7 @@ describe('deploy/', () => {
   it('the Grafana dashboard queries only metrics that /metrics exposes', async () => {
     const dashboard = JSON.parse(readFileSync('deploy/grafana-dashboard.json', 'utf8')) as { panels: { targets: { expr: string }[] }[] };
     const used = new Set(dashboard.panels.flatMap((p) => p.targets.flatMap((t) => t.expr.match(/etcd_sync_[a-z_]+/g) ?? [])));
-    const metrics = new SyncMetrics({ engine: () => undefined, identity: 'x', isLeader: () => false, state: () => 'follower', unreadableEncryptedValues: () => 0 });
+    const metrics = new SyncMetrics({ engine: () => undefined, identity: 'x', version: '0.0.0', isLeader: () => false, state: () => 'follower', unreadableEncryptedValues: () => 0 });
     const exposed = new Set((await metrics.registry.getMetricsAsJSON()).flatMap((m) => [m.name, `${m.name}_bucket`, `${m.name}_count`, `${m.name}_sum`]));
     expect([...used].filter((m) => !exposed.has(m))).toEqual([]);
     expect(used.size).toBeGreaterThanOrEqual(12);

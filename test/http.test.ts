@@ -1,4 +1,5 @@
 /** The Pod's HTTP surface of a real `etcd-sync run`: /healthz, /readyz, /metrics, /status, /check. */
+import { readFileSync } from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
@@ -48,6 +49,10 @@ describe('HTTP surface of run', () => {
       expect(metrics.get('etcd_sync_events_applied_total{type="put"}')).toBe(1);
       expect(metrics.get('etcd_sync_events_applied_total{type="delete"}')).toBe(1);
       expect(metrics.get('etcd_sync_leader')).toBe(1);
+      const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+      expect(metrics.get(`etcd_sync_build_info{version="${version}"}`)).toBe(1);
+      const starting = cli.output().split('\n').find((line) => line.includes('"msg":"starting"'));
+      expect(JSON.parse(starting ?? '{}')).toMatchObject({ level: 'info', version, identity: 'sync-0', msg: 'starting' });
       expect(metrics.get('etcd_sync_state{state="streaming"}')).toBe(1);
       expect(metrics.get('etcd_sync_state{state="initial-sync"}')).toBe(0);
       // The initial diff's txn, then the streamed put and delete (one txn when coalesced, or two).

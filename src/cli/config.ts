@@ -27,6 +27,8 @@ export interface RunConfig {
   /** undefined: no HTTP server. */
   httpAddress?: string;
   identity: string;
+  /** etcd-sync's own version (package.json's, from bin/), in the first log line and etcd_sync_build_info. */
+  version: string;
   readyMaxLag: number;
   leaseTtlSeconds: number;
 }
@@ -185,6 +187,7 @@ export function runConfig(options: Options): RunConfig {
     ...(str(options, 'encryptionConfig') ? { encryptionConfigFile: str(options, 'encryptionConfig') as string } : {}),
     ...httpConfig(options),
     identity: str(options, 'identity') ?? 'etcd-sync',
+    version: str(options, 'version') ?? 'unknown',
     readyMaxLag: Number(options.readyMaxLag ?? 1000),
     leaseTtlSeconds: Number(options.leaseTtl ?? 15),
   };

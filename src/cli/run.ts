@@ -24,6 +24,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
   const metrics = new SyncMetrics({
     engine: () => supervisor?.engine,
     identity: config.identity,
+    version: config.version,
     isLeader: () => supervisor?.role === 'leader',
     state: () => supervisor?.state ?? 'starting',
     unreadableEncryptedValues: () => monitor?.unreadable ?? 0,
@@ -65,6 +66,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
       retry: (what, fn) => withRetry(what, fn, { log, signal, maxAttempts: 4 }),
       signal,
     });
+  log.info({ version: config.version, identity: config.identity }, 'starting');
   try {
     const server = config.httpAddress ? await startHttp(config.httpAddress, httpHandlers(supervisor, config, metrics, checkNow), log) : undefined;
     try {
