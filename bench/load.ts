@@ -43,10 +43,11 @@ const CLOCK_TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK']).toStr
 
 /**
  * CPU time (user + system, all threads) a running process has used so far, in seconds, to the
- * kernel's clock tick (10 ms): on 2 cores the processes of a measurement share the CPU, and their
- * sum bounds how fast it can go.
+ * kernel's clock tick (10 ms): the processes of a measurement share the machine's cores, and
+ * their sum over the cores bounds how fast it can go.
  */
 export function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) throw new Error('CPU time of a process that is not running');
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after the command's closing parenthesis, from field 3 (state): utime is 14, stime 15.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
