@@ -1,12 +1,12 @@
 /** mTLS and user/password on both sides, and every bad-input case of `run`, through the real CLI. */
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
 import { makeTls } from './helpers/tls.js';
-import { putMany, runCli, waitInSync } from './helpers/sync.js';
+import { packageVersion, putMany, runCli, waitInSync } from './helpers/sync.js';
 
 async function exitOf(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
   const cli = runCli(args, env);
@@ -115,7 +115,7 @@ describe('TLS, auth and bad input', () => {
   });
 
   it('--version prints the package version, exit 0', async () => {
-    const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    const version = packageVersion();
     expect(version).toMatch(/^\d+\.\d+\.\d+/);
     for (const flag of ['--version', '-V']) {
       const r = await exitOf([flag]);

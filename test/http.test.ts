@@ -1,11 +1,10 @@
 /** The Pod's HTTP surface of a real `etcd-sync run`: /healthz, /readyz, /metrics, /status, /check. */
-import { readFileSync } from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
-import { putMany, runCli, snapshot } from './helpers/sync.js';
+import { packageVersion, putMany, runCli, snapshot } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 describe('HTTP surface of run', () => {
@@ -49,7 +48,7 @@ describe('HTTP surface of run', () => {
       expect(metrics.get('etcd_sync_events_applied_total{type="put"}')).toBe(1);
       expect(metrics.get('etcd_sync_events_applied_total{type="delete"}')).toBe(1);
       expect(metrics.get('etcd_sync_leader')).toBe(1);
-      const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+      const version = packageVersion();
       expect(metrics.get(`etcd_sync_build_info{version="${version}"}`)).toBe(1);
       const starting = cli.output().split('\n').find((line) => line.includes('"msg":"starting"'));
       expect(JSON.parse(starting ?? '{}')).toMatchObject({ level: 'info', version, identity: 'sync-0', msg: 'starting' });

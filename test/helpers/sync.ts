@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import type { Etcd3 } from 'etcd3';
@@ -87,6 +88,11 @@ export function startEngine(primary: EtcdServer, standby: EtcdServer, options: P
 }
 
 export const CLI = path.resolve('dist/bin/etcd-sync.js');
+
+/** package.json's version: what `--version` prints and etcd_sync_build_info carries. */
+export function packageVersion(): string {
+  return (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
+}
 
 export interface CliProcess {
   child: ChildProcess;
