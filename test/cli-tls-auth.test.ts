@@ -1,8 +1,8 @@
 /** mTLS and user/password on both sides, and every bad-input case of `run`, through the real CLI. */
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
 import { makeTls } from './helpers/tls.js';
@@ -16,6 +16,7 @@ async function exitOf(args: string[], env: Record<string, string> = {}): Promise
 
 describe('TLS, auth and bad input', () => {
   const tls = makeTls();
+  afterAll(() => rmSync(tls.dir, { recursive: true, force: true }));
   let primary: EtcdServer;
   let standby: EtcdServer;
   let p: Etcd3;
@@ -96,6 +97,7 @@ describe('TLS, auth and bad input', () => {
 
   it('TLS failure (server not signed by the given CA): exit 2, one line naming the endpoint', async () => {
     const other = makeTls('other-ca');
+    onTestFinished(() => rmSync(other.dir, { recursive: true, force: true }));
     const r = await exitOf(replace(base(), '--primary-cacert', other.ca));
     expect(r.code).toBe(2);
     expectOneLine(r.output, 'primary etcd', primary.endpoint, 'TLS handshake failed');

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseEncryptionConfig } from '../src/encryption/config.js';
 import { providersFor, verifyValue } from '../src/encryption/decrypt.js';
 import { mergeConfigs, mergedYaml } from '../src/encryption/merge.js';
@@ -170,6 +170,7 @@ describe('encryption commands against real etcd', () => {
   let standby: EtcdServer;
   let p: Etcd3;
   const dir = mkdtempSync(path.join(os.tmpdir(), 'etcd-sync-enc-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const file = (name: string, text: string): string => {
     const f = path.join(dir, name);
     writeFileSync(f, text);
