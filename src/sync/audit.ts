@@ -173,23 +173,22 @@ export async function repair(
   maxTxnBytes = DEFAULT_MAX_TXN_BYTES,
 ): Promise<{ put: number; deleted: number }> {
   const standbyRevision = plan.standbyRevision ?? (await retry('read standby revision', () => readHeader(standby))).revision;
-  let put = 0;
-  let deleted = 0;
-  for (let i = 0; i < plan.put.length; i += REPAIR_READ_KEYS) {
-    const keys = plan.put.slice(i, i + REPAIR_READ_KEYS);
-    const values = await retry('read primary', () => getMany(primary, keys, plan.primaryRevision));
-    const ops: WriteOp[] = [];
-    for (const key of keys) {
-      const kv = values.get(key.toString('latin1'));
-      if (kv) ops.push({ type: 'put', key: kv.key, value: kv.value, lease: kv.lease });
+  /** Reads the keys' primary versions a step at a time and writes the ops built from them; returns how many were written. */
+  const inSteps = async (keys: readonly Buffer[], toOps: (step: Buffer[], onPrimary: Map<string, KeyValue>) => WriteOp[]): Promise<number> => {
+    let written = 0;
+    for (let i = 0; i < keys.length; i += REPAIR_READ_KEYS) {
+      const step = keys.slice(i, i + REPAIR_READ_KEYS);
+      const onPrimary = await retry('read primary', () => getMany(primary, step, plan.primaryRevision));
+      written += (await writer.writeUnchangedSince(toOps(step, onPrimary), standbyRevision, maxTxnBytes)).length;
     }
-    put += (await writer.writeUnchangedSince(ops, standbyRevision, maxTxnBytes)).length;
-  }
-  for (let i = 0; i < plan.delete.length; i += REPAIR_READ_KEYS) {
-    const keys = plan.delete.slice(i, i + REPAIR_READ_KEYS);
-    const onPrimary = await retry('read primary', () => getMany(primary, keys, plan.primaryRevision));
-    const ops: WriteOp[] = keys.filter((key) => !onPrimary.has(key.toString('latin1'))).map((key) => ({ type: 'delete', key }));
-    deleted += (await writer.writeUnchangedSince(ops, standbyRevision, maxTxnBytes)).length;
-  }
+    return written;
+  };
+  const put = await inSteps(plan.put, (step, onPrimary) =>
+    step.flatMap((key): WriteOp[] => {
+      const kv = onPrimary.get(key.toString('latin1'));
+      return kv ? [{ type: 'put', key: kv.key, value: kv.value, lease: kv.lease }] : [];
+    }),
+  );
+  const deleted = await inSteps(plan.delete, (step, onPrimary) => step.filter((key) => !onPrimary.has(key.toString('latin1'))).map((key): WriteOp => ({ type: 'delete', key })));
   return { put, deleted };
 }
