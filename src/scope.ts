@@ -39,7 +39,7 @@ export type ScopeDecision = 'in-scope' | 'outside-prefix' | 'excluded-prefix' | 
  * Kubernetes object key (then no namespace can be told, and the key is copied as is).
  */
 export function parseKubernetesKey(rest: string): ParsedKey | undefined {
-  // Runs for every key of every scan: slash positions instead of split/slice/join.
+  // Slash positions instead of split/slice/join (Scope.decide reads the same layout on bytes).
   const segments: string[] = [];
   let start = 0;
   for (;;) {
@@ -62,8 +62,16 @@ export function parseKubernetesKey(rest: string): ParsedKey | undefined {
   return undefined;
 }
 
+/** Whether key[start, end) holds exactly the bytes of `word`. */
+function spanEquals(key: Buffer, start: number, end: number, word: Buffer): boolean {
+  // A loop, not Buffer.compare with offsets: that native call cost ~160 ns, several per key.
+  if (end - start !== word.length) return false;
+  for (let i = 0; i < word.length; i++) if (key[start + i] !== word[i]) return false;
+  return true;
+}
+
 export function startsWith(key: Buffer, prefix: Buffer): boolean {
-  return key.length >= prefix.length && key.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
+  return key.length >= prefix.length && spanEquals(key, 0, prefix.length, prefix);
 }
 
 /** The smallest key greater than every key with this prefix (etcd's range_end for a prefix). */
@@ -78,17 +86,25 @@ export function prefixEnd(prefix: Buffer): Buffer {
   return Buffer.from([0]); // prefix of only 0xff bytes: to the end of the keyspace
 }
 
+const SLASH = 0x2f;
+const DOT = 0x2e;
+const bytesOf = (s: string): Buffer => Buffer.from(s, 'latin1');
+const NAMESPACES = bytesOf('namespaces');
+const TWO_SEGMENT_RESOURCE_BYTES = [...TWO_SEGMENT_RESOURCES].map((r) => r.split('/').map(bytesOf) as [Buffer, Buffer]);
+
 export class Scope {
   readonly keyPrefix: Buffer;
   readonly rangeEnd: Buffer;
-  private readonly excludeNamespaces: ReadonlySet<string>;
   private readonly excludePrefixes: readonly Buffer[];
+  /** The excluded namespaces as the latin1 bytes `parseKubernetesKey`'s caller would compare. */
+  private readonly excludedNamespaceBytes: readonly Buffer[];
 
   constructor(rules: ScopeRules) {
     this.keyPrefix = rules.keyPrefix;
     this.rangeEnd = prefixEnd(rules.keyPrefix);
-    this.excludeNamespaces = rules.excludeNamespaces;
     this.excludePrefixes = rules.excludePrefixes;
+    // A name with characters beyond latin1 can match no key's latin1 reading; leave it out.
+    this.excludedNamespaceBytes = [...rules.excludeNamespaces].filter((ns) => bytesOf(ns).toString('latin1') === ns).map(bytesOf);
   }
 
   decide(key: Buffer): ScopeDecision {
@@ -96,19 +112,54 @@ export class Scope {
     for (const prefix of this.excludePrefixes) {
       if (startsWith(key, prefix)) return 'excluded-prefix';
     }
-    if (this.excludeNamespaces.size === 0) return 'in-scope';
-    // latin1 maps bytes 1:1, so binary keys cannot confuse the split.
-    const parsed = parseKubernetesKey(key.toString('latin1', this.keyPrefix.length));
-    if (parsed === undefined) return 'in-scope';
-    if (parsed.namespace !== undefined && this.excludeNamespaces.has(parsed.namespace)) return 'excluded-namespace';
-    if (parsed.resource === 'namespaces' && parsed.namespace === undefined && this.excludeNamespaces.has(parsed.name)) {
-      return 'excluded-namespace';
-    }
+    if (this.excludedNamespaceBytes.length === 0) return 'in-scope';
+    const span = this.namespaceSpan(key);
+    if (span !== undefined && this.isExcluded(key, span[0], span[1])) return 'excluded-namespace';
     return 'in-scope';
   }
 
   inScope(key: Buffer): boolean {
     return this.decide(key) === 'in-scope';
+  }
+
+  /**
+   * The bytes of the key that name a namespace: the namespace segment of a namespaced object,
+   * or the name of a Namespace object. Reads the layout `parseKubernetesKey` reads, on the
+   * bytes: it runs for every key of every scan and every event, and strings cost more there.
+   */
+  private namespaceSpan(key: Buffer): [number, number] | undefined {
+    // One pass over the bytes (Buffer.indexOf's native call costs more than these short
+    // segments): segment i is [starts[i], ends[i]), at most 4 segments, none empty.
+    const starts = [this.keyPrefix.length, 0, 0, 0];
+    const ends = [0, 0, 0, 0];
+    let segments = 1;
+    let dotInFirst = false;
+    for (let i = this.keyPrefix.length; i < key.length; i++) {
+      const b = key[i] as number;
+      if (b === SLASH) {
+        if (i === starts[segments - 1] || segments === 4) return undefined;
+        ends[segments - 1] = i;
+        starts[segments++] = i + 1;
+      } else if (b === DOT && segments === 1) dotInFirst = true;
+    }
+    if (key.length === starts[segments - 1]) return undefined;
+    ends[segments - 1] = key.length;
+    const s0 = starts[0] as number;
+    const e0 = ends[0] as number;
+    const twoSegments =
+      dotInFirst ||
+      (segments >= 2 &&
+        TWO_SEGMENT_RESOURCE_BYTES.some(([first, second]) => spanEquals(key, s0, e0, first) && spanEquals(key, starts[1] as number, ends[1] as number, second)));
+    const at = twoSegments ? 2 : 1;
+    const tail = segments - at;
+    if (tail === 2) return [starts[at] as number, ends[at] as number];
+    if (tail === 1 && !twoSegments && spanEquals(key, s0, e0, NAMESPACES)) return [starts[1] as number, ends[1] as number];
+    return undefined;
+  }
+
+  private isExcluded(key: Buffer, start: number, end: number): boolean {
+    for (const ns of this.excludedNamespaceBytes) if (spanEquals(key, start, end, ns)) return true;
+    return false;
   }
 }
 

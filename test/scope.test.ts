@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Scope, type ScopeDecision, defaultScopeRules, parseKubernetesKey, prefixEnd } from '../src/scope.js';
+import { Scope, type ScopeDecision, defaultScopeRules, parseKubernetesKey, prefixEnd, startsWith } from '../src/scope.js';
 
 describe('parseKubernetesKey', () => {
   it.each([
@@ -61,6 +61,46 @@ describe('Scope with the default rules', () => {
     expect(custom.decide(Buffer.from('/k8s/pods/kube-system/x'))).toBe('in-scope');
     expect(custom.decide(Buffer.from('/k8s/events/apps/e'))).toBe('excluded-prefix');
     expect(custom.decide(Buffer.from('/registry/pods/apps/x'))).toBe('outside-prefix');
+  });
+});
+
+describe('Scope.decide reads the layout parseKubernetesKey reads', () => {
+  // decide() walks the key's bytes; the reference reads the same key through the string parser.
+  const excluded = new Set(['kube-system', 'a.b', 'specs']);
+  const scope = new Scope({ keyPrefix: Buffer.from('/registry/'), excludeNamespaces: excluded, excludePrefixes: [] });
+  const reference = (key: Buffer): ScopeDecision => {
+    if (!key.subarray(0, 10).equals(Buffer.from('/registry/'))) return 'outside-prefix';
+    const parsed = parseKubernetesKey(key.toString('latin1', 10));
+    if (parsed?.namespace !== undefined && excluded.has(parsed.namespace)) return 'excluded-namespace';
+    if (parsed?.resource === 'namespaces' && parsed.namespace === undefined && excluded.has(parsed.name)) return 'excluded-namespace';
+    return 'in-scope';
+  };
+  const words = ['', 'pods', 'namespaces', 'services', 'specs', 'endpoints', 'example.com', 'kube-system', 'a.b', 'x', '\xff'];
+  const keys: string[] = [];
+  const grow = (parts: string[]): void => {
+    if (parts.length > 0) keys.push(`/registry/${parts.join('/')}`);
+    if (parts.length < 5) for (const w of words) grow([...parts, w]);
+  };
+  grow([]);
+
+  it(`agrees on all ${words.length ** 5 + words.length ** 4 + words.length ** 3 + words.length ** 2 + words.length} keys of up to 5 segments`, () => {
+    const differ = keys.filter((k) => scope.decide(Buffer.from(k, 'latin1')) !== reference(Buffer.from(k, 'latin1')));
+    expect(differ).toEqual([]);
+    // The table exercises both outcomes, so agreement is not vacuous.
+    const decisions = new Set(keys.map((k) => scope.decide(Buffer.from(k, 'latin1'))));
+    expect([...decisions].sort()).toEqual(['excluded-namespace', 'in-scope']);
+  });
+});
+
+describe('startsWith', () => {
+  it.each([
+    ['/registry/pods', '/registry/', true],
+    ['/registry/', '/registry/', true],
+    ['/registry', '/registry/', false],
+    ['/registrx/pods', '/registry/', false],
+    ['anything', '', true],
+  ])('%s starts with %s: %s', (key, prefix, expected) => {
+    expect(startsWith(Buffer.from(key), Buffer.from(prefix))).toBe(expected);
   });
 });
 
