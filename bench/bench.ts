@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --keys N --sync-rounds K --stream M --lag-seconds S --lag-rounds R --lag-rates 1000,2000,4000]`: etcd-sync
+ * `npm run bench [-- --keys N --sync-rounds K --stream M --lag-seconds S --lag-rounds R --lag-rates 1000,2000,4000 --same-writes-floor]`: etcd-sync
  * against the batched-write ceiling and `etcdctl make-mirror` of the same etcd version, on one
  * machine in one run (compare ratios, not absolute times). Prints a markdown table and writes
  * bench/results.json (bench/results-<N>.json for other sizes). Measures, as issue 6 numbers them:
@@ -7,7 +7,8 @@
  * into a fresh etcd, and 1b the ceiling again while another process reads the primary (the reads
  * a sync must do, on the same cores); 2 the initial sync by make-mirror; 3 streaming catch-up of M single-key revisions by
  * etcd-sync, and make-mirror following the same writes live; 4 replication lag at fixed write
- * rates for both, next to the probe's floor; 5 `check` time and peak RSS; 6 a restart after a
+ * rates for both, next to the probe's floor (with --same-writes-floor, the probe also watches the
+ * primary during the replicated rounds: the floor of those very writes, under their load); 5 `check` time and peak RSS; 6 a restart after a
  * compaction gap in which 1% of the keys changed; 7 peak RSS of `run` during the initial sync.
  * For 1, 2 and 4 it also reads each process's CPU time from /proc: the processes share the
  * machine's cores, so their CPU time over the cores bounds how fast a measurement can go here.
@@ -31,6 +32,7 @@ const LAG_RATES = optionValue('--lag-rates', '1000,2000,4000')
   .split(',')
   .filter(Boolean)
   .map(Number);
+const SAME_WRITES_FLOOR = process.argv.includes('--same-writes-floor');
 const ETCD_BIN = process.env.ETCD_BIN ?? '.tools/etcd-3.5/usr/bin/etcd';
 const ETCDCTL = process.env.ETCDCTL_BIN ?? path.join(path.dirname(ETCD_BIN), 'etcdctl');
 const MARKER = '/registry/configmaps/bench-marker/stream-done';
@@ -166,6 +168,9 @@ function medianOf(rounds: LagResult[]): LagResult {
     maxMs: med((r) => r.maxMs),
     growthMs: med((r) => r.growthMs),
     replyP99Ms: med((r) => r.replyP99Ms),
+    ...(first.samePrimary
+      ? { samePrimary: { p50Ms: med((r) => r.samePrimary?.p50Ms ?? Number.NaN), p99Ms: med((r) => r.samePrimary?.p99Ms ?? Number.NaN), maxMs: med((r) => r.samePrimary?.maxMs ?? Number.NaN) } }
+      : {}),
   };
 }
 const since = (t: number): number => seconds(performance.now() - t);
@@ -304,7 +309,8 @@ async function main(): Promise<void> {
       for (const rate of LAG_RATES) {
         const cpu = cpuMeter(pids, 'the probe');
         const started = performance.now();
-        (lagRounds[`${who}@${rate}`] ??= []).push(await measureLag(lagPrimary, destination, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS }));
+        const alsoWatchPrimary = SAME_WRITES_FLOOR && who !== 'floor';
+        (lagRounds[`${who}@${rate}`] ??= []).push(await measureLag(lagPrimary, destination, { prefix: LAG_PREFIX, rate, seconds: LAG_SECONDS, alsoWatchPrimary }));
         const wall = (performance.now() - started) / 1000;
         (lagCpuRounds[`${who}@${rate}`] ??= []).push(Object.fromEntries(Object.entries(cpu()).map(([name, s]) => [name, round2(s / wall)])));
       }
@@ -391,7 +397,12 @@ async function main(): Promise<void> {
     const floor = lag[`floor@${rate}`] as LagResult;
     for (const who of ['floor', 'etcd-sync', 'make-mirror']) {
       const l = lag[`${who}@${rate}`] as LagResult;
-      const vsFloor = who === 'floor' ? '' : `; p99 ${l.p99Ms - floor.p99Ms >= 0 ? '+' : ''}${Math.round((l.p99Ms - floor.p99Ms) * 10) / 10} ms vs floor (${x(l.p99Ms, floor.p99Ms)})`;
+      const same = l.samePrimary;
+      const vsFloor =
+        who === 'floor'
+          ? ''
+          : `; p99 ${l.p99Ms - floor.p99Ms >= 0 ? '+' : ''}${Math.round((l.p99Ms - floor.p99Ms) * 10) / 10} ms vs floor (${x(l.p99Ms, floor.p99Ms)})` +
+            (same ? `; the same writes in the primary's own watch: p50 ${same.p50Ms} / p99 ${same.p99Ms} ms (p99 rounds ${(lagRounds[`${who}@${rate}`] ?? []).map((r) => r.samePrimary?.p99Ms).join(', ')}; ${who} ${x(l.p99Ms, same.p99Ms)} that)` : '');
       rows.push([
         `4 lag at ${rate} writes/s, ${who}${who === 'floor' ? ' (probe watching the primary)' : ''}`,
         `p50 ${l.p50Ms} / p99 ${l.p99Ms} / max ${l.maxMs} ms (median of ${LAG_ROUNDS})`,

@@ -5,9 +5,11 @@
  * the standby, the mirror, or the primary itself for the floor. The lag of a write is the
  * time from issuing its put to seeing it arrive in the destination's watch; both ends run in
  * this process, so one clock measures both. A write counts as delivered when it, or a write
- * the primary applied to the same key after it, arrives.
+ * the primary applied to the same key after it, arrives. With `alsoWatchPrimary`, the probe
+ * also watches the primary in the same round: the floor of these very writes, under the
+ * round's load (see LagResult.samePrimary).
  */
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3, Watcher } from 'etcd3';
 import { prefixEnd } from '../src/scope.js';
 import { RawPutter } from './raw-put.js';
 
@@ -32,6 +34,13 @@ export interface LagResult {
    * the probe) slowed, not the copy.
    */
   replyP99Ms: number;
+  /**
+   * With `alsoWatchPrimary`: the same writes' arrival in a watch of the primary, in the same
+   * round. The floor measured apart (nothing replicating) is the lag of an idle pair; on 2
+   * shared cores the standby and the replicator slow the primary itself (`replyP99Ms` shows it),
+   * which this floor shares with the replica's lag, so that the ratio shows what the copy adds.
+   */
+  samePrimary?: { p50Ms: number; p99Ms: number; maxMs: number };
 }
 
 /** Where the probe writes: inside the synced prefix, apart from the bench's other keys. */
@@ -104,7 +113,7 @@ export interface LagPrimary {
 export async function measureLag(
   primary: LagPrimary,
   destination: Etcd3,
-  options: { prefix: string; rate: number; seconds: number; drainMs?: number },
+  options: { prefix: string; rate: number; seconds: number; drainMs?: number; alsoWatchPrimary?: boolean; endStateWaitMs?: number },
 ): Promise<LagResult> {
   const { prefix, rate, seconds } = options;
   const writer = primary.client;
@@ -115,12 +124,19 @@ export async function measureLag(
   const replyMs: number[] = [];
   /** When each write itself arrived in the destination's watch. */
   const seenAt: (number | undefined)[] = [];
-  const watcher = await destination.watch().prefix(prefix).create();
-  watcher.on('put', (kv) => {
-    const head = kv.value.toString('latin1', 0, 24);
-    const id = Number(head.slice(0, head.indexOf(':')));
-    seenAt[id] ??= performance.now();
-  });
+  /** When each write arrived in the primary's own watch (with alsoWatchPrimary). */
+  const seenOnPrimaryAt: (number | undefined)[] = [];
+  const watchArrivals = async (client: Etcd3, arrivals: (number | undefined)[]): Promise<Watcher> => {
+    const watcher = await client.watch().prefix(prefix).create();
+    watcher.on('put', (kv) => {
+      const head = kv.value.toString('latin1', 0, 24);
+      const id = Number(head.slice(0, head.indexOf(':')));
+      arrivals[id] ??= performance.now();
+    });
+    return watcher;
+  };
+  const watchers = [await watchArrivals(destination, seenAt)];
+  if (options.alsoWatchPrimary) watchers.push(await watchArrivals(writer, seenOnPrimaryAt));
   const putter = new RawPutter(primary.endpoint);
   const padding = Buffer.alloc(1024, 0x70);
   let issued = 0;
@@ -149,11 +165,12 @@ export async function measureLag(
   }
   const writeSeconds = (performance.now() - started) / 1000;
   const drainUntil = performance.now() + (options.drainMs ?? 120_000);
-  while ((inFlight > 0 || lastWritesUnseen(issued, revisionOf, seenAt)) && performance.now() < drainUntil && failed === undefined) {
+  const unseen = (): boolean => lastWritesUnseen(issued, revisionOf, seenAt) || (options.alsoWatchPrimary === true && lastWritesUnseen(issued, revisionOf, seenOnPrimaryAt));
+  while ((inFlight > 0 || unseen()) && performance.now() < drainUntil && failed === undefined) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   putter.close();
-  await watcher.cancel();
+  for (const watcher of watchers) await watcher.cancel();
   if (failed !== undefined) throw failed;
   // Whatever the watch showed, the end state must be the primary's (a watch shows arrivals, not
   // what the destination holds at the end); waited for, in case the drain timed out.
@@ -163,7 +180,7 @@ export async function measureLag(
     const copied = new Map(copy.kvs.map((kv) => [kv.key.toString('latin1'), kv.value]));
     return source.kvs.filter((kv) => !copied.get(kv.key.toString('latin1'))?.equals(kv.value)).length + Math.max(0, copy.kvs.length - source.kvs.length);
   };
-  const settleUntil = performance.now() + END_STATE_WAIT_MS;
+  const settleUntil = performance.now() + (options.endStateWaitMs ?? END_STATE_WAIT_MS);
   let keysDiffering = await differing();
   while (keysDiffering > 0 && performance.now() < settleUntil) {
     await new Promise((resolve) => setTimeout(resolve, 100));
@@ -172,6 +189,7 @@ export async function measureLag(
   const lag = deliveries(issued, issuedAt, revisionOf, seenAt);
   const lags = lag.slice(0, issued).filter((l): l is number => l !== undefined);
   const sorted = [...lags].sort((a, b) => a - b);
+  const primaryLags = deliveries(issued, issuedAt, revisionOf, seenOnPrimaryAt).filter((l): l is number => l !== undefined).sort((a, b) => a - b);
   const third = Math.floor(issued / 3);
   const firstThird = lag.slice(0, third).filter((l): l is number => l !== undefined);
   const lastThird = lag.slice(issued - third, issued).filter((l): l is number => l !== undefined);
@@ -186,5 +204,8 @@ export async function measureLag(
     maxMs: round1(sorted[sorted.length - 1] ?? Number.NaN),
     growthMs: round1(median(lastThird) - median(firstThird)),
     replyP99Ms: round1(percentile(replyMs.sort((a, b) => a - b), 99)),
+    ...(options.alsoWatchPrimary
+      ? { samePrimary: { p50Ms: round1(percentile(primaryLags, 50)), p99Ms: round1(percentile(primaryLags, 99)), maxMs: round1(primaryLags[primaryLags.length - 1] ?? Number.NaN) } }
+      : {}),
   };
 }

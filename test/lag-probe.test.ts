@@ -129,5 +129,28 @@ describe('lag probe against etcd', () => {
     const expected = Array.from({ length: result.writes }, (_, id): [string, string] => [`${LAG_PREFIX}k-${id}`, `${id}:`]).sort((x, y) => (x[0] < y[0] ? -1 : 1));
     expect(res.kvs.map((kv) => [kv.key.toString(), kv.value.toString('latin1', 0, kv.value.indexOf(':') + 1)])).toEqual(expected);
     expect(res.kvs.every((kv) => kv.value.length === 1024)).toBe(true);
+    expect(result.samePrimary).toBeUndefined();
+  });
+
+  it('with alsoWatchPrimary, measureLag also times the same writes in a watch of the primary', async () => {
+    // The destination is the standby, where nothing replicates: every write stays unseen there,
+    // and the primary's watch alone sees them, which shows the two are timed apart.
+    const result = await measureLag({ endpoint: pair.primary.endpoint, client: pair.p }, pair.s, {
+      prefix: `${LAG_PREFIX}same/`,
+      rate: 200,
+      seconds: 1,
+      drainMs: 200,
+      alsoWatchPrimary: true,
+      endStateWaitMs: 0,
+    });
+    expect(result.writes).toBeGreaterThanOrEqual(100);
+    expect(result.unseen).toBe(result.writes);
+    expect(result.keysDiffering).toBe(Math.min(result.writes, PROBE_KEYS));
+    const same = result.samePrimary;
+    expect(same).toBeDefined();
+    expect(same?.p50Ms).toBeGreaterThanOrEqual(0);
+    expect(same?.p99Ms).toBeGreaterThanOrEqual(same?.p50Ms ?? Number.NaN);
+    expect(same?.maxMs).toBeGreaterThanOrEqual(same?.p99Ms ?? Number.NaN);
+    expect(same?.maxMs).toBeLessThan(60_000);
   });
 });
