@@ -8,8 +8,9 @@
  * a sync must do, on the same cores); 2 the initial sync by make-mirror; 3 streaming catch-up of M single-key revisions by
  * etcd-sync, and make-mirror following the same writes live; 4 replication lag at fixed write
  * rates for both, next to the probe's floor (with --same-writes-floor, the probe also watches the
- * primary during the replicated rounds: the floor of those very writes, under their load); 5 `check` time and peak RSS; 6 a restart after a
- * compaction gap in which 1% of the keys changed; 7 peak RSS of `run` during the initial sync.
+ * primary during the replicated rounds: the floor of those very writes, under their load); 5
+ * `check` time and peak RSS; 6 a restart after a compaction gap in which 1% of the keys changed;
+ * 7 peak RSS of `run` during the initial sync.
  * For 1, 2 and 4 it also reads each process's CPU time from /proc: the processes share the
  * machine's cores, so their CPU time over the cores bounds how fast a measurement can go here.
  */
@@ -169,7 +170,14 @@ function medianOf(rounds: LagResult[]): LagResult {
     growthMs: med((r) => r.growthMs),
     replyP99Ms: med((r) => r.replyP99Ms),
     ...(first.samePrimary
-      ? { samePrimary: { p50Ms: med((r) => r.samePrimary?.p50Ms ?? Number.NaN), p99Ms: med((r) => r.samePrimary?.p99Ms ?? Number.NaN), maxMs: med((r) => r.samePrimary?.maxMs ?? Number.NaN) } }
+      ? {
+          samePrimary: {
+            p50Ms: med((r) => r.samePrimary?.p50Ms ?? Number.NaN),
+            p99Ms: med((r) => r.samePrimary?.p99Ms ?? Number.NaN),
+            maxMs: med((r) => r.samePrimary?.maxMs ?? Number.NaN),
+            unseen: Math.max(...rounds.map((r) => r.samePrimary?.unseen ?? 0)),
+          },
+        }
       : {}),
   };
 }
@@ -402,7 +410,9 @@ async function main(): Promise<void> {
         who === 'floor'
           ? ''
           : `; p99 ${l.p99Ms - floor.p99Ms >= 0 ? '+' : ''}${Math.round((l.p99Ms - floor.p99Ms) * 10) / 10} ms vs floor (${x(l.p99Ms, floor.p99Ms)})` +
-            (same ? `; the same writes in the primary's own watch: p50 ${same.p50Ms} / p99 ${same.p99Ms} ms (p99 rounds ${(lagRounds[`${who}@${rate}`] ?? []).map((r) => r.samePrimary?.p99Ms).join(', ')}; ${who} ${x(l.p99Ms, same.p99Ms)} that)` : '');
+            (same
+              ? `; the same writes in the primary's own watch: p50 ${same.p50Ms} / p99 ${same.p99Ms} ms (p99 rounds ${(lagRounds[`${who}@${rate}`] ?? []).map((r) => r.samePrimary?.p99Ms).join(', ')}; ${who} ${x(l.p99Ms, same.p99Ms)} that${same.unseen ? `; ${same.unseen} unseen there` : ''})`
+              : '');
       rows.push([
         `4 lag at ${rate} writes/s, ${who}${who === 'floor' ? ' (probe watching the primary)' : ''}`,
         `p50 ${l.p50Ms} / p99 ${l.p99Ms} / max ${l.maxMs} ms (median of ${LAG_ROUNDS})`,

@@ -40,7 +40,7 @@ export interface LagResult {
    * shared cores the standby and the replicator slow the primary itself (`replyP99Ms` shows it),
    * which this floor shares with the replica's lag, so that the ratio shows what the copy adds.
    */
-  samePrimary?: { p50Ms: number; p99Ms: number; maxMs: number };
+  samePrimary?: { p50Ms: number; p99Ms: number; maxMs: number; unseen: number };
 }
 
 /** Where the probe writes: inside the synced prefix, apart from the bench's other keys. */
@@ -189,7 +189,10 @@ export async function measureLag(
   const lag = deliveries(issued, issuedAt, revisionOf, seenAt);
   const lags = lag.slice(0, issued).filter((l): l is number => l !== undefined);
   const sorted = [...lags].sort((a, b) => a - b);
-  const primaryLags = deliveries(issued, issuedAt, revisionOf, seenOnPrimaryAt).filter((l): l is number => l !== undefined).sort((a, b) => a - b);
+  const primaryLags = deliveries(issued, issuedAt, revisionOf, seenOnPrimaryAt)
+    .slice(0, issued)
+    .filter((l): l is number => l !== undefined)
+    .sort((a, b) => a - b);
   const third = Math.floor(issued / 3);
   const firstThird = lag.slice(0, third).filter((l): l is number => l !== undefined);
   const lastThird = lag.slice(issued - third, issued).filter((l): l is number => l !== undefined);
@@ -205,7 +208,14 @@ export async function measureLag(
     growthMs: round1(median(lastThird) - median(firstThird)),
     replyP99Ms: round1(percentile(replyMs.sort((a, b) => a - b), 99)),
     ...(options.alsoWatchPrimary
-      ? { samePrimary: { p50Ms: round1(percentile(primaryLags, 50)), p99Ms: round1(percentile(primaryLags, 99)), maxMs: round1(primaryLags[primaryLags.length - 1] ?? Number.NaN) } }
+      ? {
+          samePrimary: {
+            p50Ms: round1(percentile(primaryLags, 50)),
+            p99Ms: round1(percentile(primaryLags, 99)),
+            maxMs: round1(primaryLags[primaryLags.length - 1] ?? Number.NaN),
+            unseen: issued - primaryLags.length,
+          },
+        }
       : {}),
   };
 }
