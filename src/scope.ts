@@ -34,34 +34,6 @@ export interface ParsedKey {
 
 export type ScopeDecision = 'in-scope' | 'outside-prefix' | 'excluded-prefix' | 'excluded-namespace';
 
-/**
- * Parses the part of a key after the prefix. Returns undefined for layouts that are not a
- * Kubernetes object key (then no namespace can be told, and the key is copied as is).
- */
-export function parseKubernetesKey(rest: string): ParsedKey | undefined {
-  // Slash positions instead of split/slice/join (Scope.decide reads the same layout on bytes).
-  const segments: string[] = [];
-  let start = 0;
-  for (;;) {
-    const slash = rest.indexOf('/', start);
-    const end = slash < 0 ? rest.length : slash;
-    if (end === start) return undefined; // an empty segment
-    segments.push(rest.slice(start, end));
-    if (slash < 0) break;
-    if (segments.length === 4) return undefined; // at most resource (2) + namespace + name
-    start = slash + 1;
-  }
-  const first = segments[0] as string;
-  const second = segments[1];
-  const twoSegments = first.includes('.') || (second !== undefined && TWO_SEGMENT_RESOURCES.has(`${first}/${second}`));
-  const resource = twoSegments ? `${first}/${second ?? ''}` : first;
-  const tail = segments.length - (twoSegments ? 2 : 1);
-  const at = twoSegments ? 2 : 1;
-  if (tail === 1) return { resource, name: segments[at] as string };
-  if (tail === 2) return { resource, namespace: segments[at] as string, name: segments[at + 1] as string };
-  return undefined;
-}
-
 /** Whether key[start, end) holds exactly the bytes of `word`. */
 function spanEquals(key: Buffer, start: number, end: number, word: Buffer): boolean {
   // A loop, not Buffer.compare with offsets: that native call cost ~160 ns, several per key.
@@ -92,11 +64,63 @@ const bytesOf = (s: string): Buffer => Buffer.from(s, 'latin1');
 const NAMESPACES = bytesOf('namespaces');
 const TWO_SEGMENT_RESOURCE_BYTES = [...TWO_SEGMENT_RESOURCES].map((r) => r.split('/').map(bytesOf) as [Buffer, Buffer]);
 
+/** An object key's segments after the prefix: segment i is key[starts[i], ends[i]). */
+interface KeyLayout {
+  starts: number[];
+  ends: number[];
+  count: number;
+  /** How many of the first segments name the resource: 2 for `services/specs`, `example.com/widgets`. */
+  resourceSegments: 1 | 2;
+}
+
+/**
+ * Reads the layout of key[from..], or undefined for layouts that are not a Kubernetes object key
+ * (then no namespace can be told, and the key is copied as is). One pass over the bytes, no
+ * strings: Scope.decide runs it for every key of every scan and every streamed event.
+ */
+function readLayout(key: Buffer, from: number): KeyLayout | undefined {
+  const starts = [from, 0, 0, 0];
+  const ends = [0, 0, 0, 0];
+  let count = 1;
+  let dotInFirst = false;
+  for (let i = from; i < key.length; i++) {
+    const b = key[i] as number;
+    if (b === SLASH) {
+      // An empty segment, or a fifth: at most resource (2) + namespace + name.
+      if (i === starts[count - 1] || count === 4) return undefined;
+      ends[count - 1] = i;
+      starts[count++] = i + 1;
+    } else if (b === DOT && count === 1) dotInFirst = true;
+  }
+  if (key.length === starts[count - 1]) return undefined;
+  ends[count - 1] = key.length;
+  const s0 = starts[0] as number;
+  const e0 = ends[0] as number;
+  const twoSegments =
+    dotInFirst ||
+    (count >= 2 && TWO_SEGMENT_RESOURCE_BYTES.some(([first, second]) => spanEquals(key, s0, e0, first) && spanEquals(key, starts[1] as number, ends[1] as number, second)));
+  const resourceSegments = twoSegments ? 2 : 1;
+  const tail = count - resourceSegments;
+  return tail === 1 || tail === 2 ? { starts, ends, count, resourceSegments } : undefined;
+}
+
+/** The object a key names, read from key[from..] (from: the key prefix's length); latin1 text. */
+export function parseKubernetesKey(key: Buffer, from = 0): ParsedKey | undefined {
+  const layout = readLayout(key, from);
+  if (layout === undefined) return undefined;
+  const { starts, ends, count, resourceSegments: r } = layout;
+  // latin1 maps bytes 1:1, so binary keys cannot confuse the text.
+  const text = (i: number): string => key.toString('latin1', starts[i], ends[i]);
+  const resource = r === 2 ? `${text(0)}/${text(1)}` : text(0);
+  if (count - r === 1) return { resource, name: text(r) };
+  return { resource, namespace: text(r), name: text(r + 1) };
+}
+
 export class Scope {
   readonly keyPrefix: Buffer;
   readonly rangeEnd: Buffer;
   private readonly excludePrefixes: readonly Buffer[];
-  /** The excluded namespaces as the latin1 bytes `parseKubernetesKey`'s caller would compare. */
+  /** The excluded namespaces as latin1 bytes, the way keys are read. */
   private readonly excludedNamespaceBytes: readonly Buffer[];
 
   constructor(rules: ScopeRules) {
@@ -122,38 +146,13 @@ export class Scope {
     return this.decide(key) === 'in-scope';
   }
 
-  /**
-   * The bytes of the key that name a namespace: the namespace segment of a namespaced object,
-   * or the name of a Namespace object. Reads the layout `parseKubernetesKey` reads, on the
-   * bytes: it runs for every key of every scan and every event, and strings cost more there.
-   */
+  /** The bytes of the key that name a namespace: a namespaced object's namespace, or a Namespace object's name. */
   private namespaceSpan(key: Buffer): [number, number] | undefined {
-    // One pass over the bytes (Buffer.indexOf's native call costs more than these short
-    // segments): segment i is [starts[i], ends[i]), at most 4 segments, none empty.
-    const starts = [this.keyPrefix.length, 0, 0, 0];
-    const ends = [0, 0, 0, 0];
-    let segments = 1;
-    let dotInFirst = false;
-    for (let i = this.keyPrefix.length; i < key.length; i++) {
-      const b = key[i] as number;
-      if (b === SLASH) {
-        if (i === starts[segments - 1] || segments === 4) return undefined;
-        ends[segments - 1] = i;
-        starts[segments++] = i + 1;
-      } else if (b === DOT && segments === 1) dotInFirst = true;
-    }
-    if (key.length === starts[segments - 1]) return undefined;
-    ends[segments - 1] = key.length;
-    const s0 = starts[0] as number;
-    const e0 = ends[0] as number;
-    const twoSegments =
-      dotInFirst ||
-      (segments >= 2 &&
-        TWO_SEGMENT_RESOURCE_BYTES.some(([first, second]) => spanEquals(key, s0, e0, first) && spanEquals(key, starts[1] as number, ends[1] as number, second)));
-    const at = twoSegments ? 2 : 1;
-    const tail = segments - at;
-    if (tail === 2) return [starts[at] as number, ends[at] as number];
-    if (tail === 1 && !twoSegments && spanEquals(key, s0, e0, NAMESPACES)) return [starts[1] as number, ends[1] as number];
+    const layout = readLayout(key, this.keyPrefix.length);
+    if (layout === undefined) return undefined;
+    const { starts, ends, count, resourceSegments: r } = layout;
+    if (count - r === 2) return [starts[r] as number, ends[r] as number];
+    if (r === 1 && spanEquals(key, starts[0] as number, ends[0] as number, NAMESPACES)) return [starts[1] as number, ends[1] as number];
     return undefined;
   }
 

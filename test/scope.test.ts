@@ -13,10 +13,14 @@ describe('parseKubernetesKey', () => {
     ['apiextensions.k8s.io/customresourcedefinitions/widgets.example.com', { resource: 'apiextensions.k8s.io/customresourcedefinitions', name: 'widgets.example.com' }],
     ['ranges/serviceips', { resource: 'ranges', name: 'serviceips' }],
   ])('%s', (rest, expected) => {
-    expect(parseKubernetesKey(rest)).toEqual(expected);
+    expect(parseKubernetesKey(Buffer.from(`/registry/${rest}`), '/registry/'.length)).toEqual(expected);
+  });
+  it('reads bytes as latin1 text, one character a byte', () => {
+    const key = Buffer.concat([Buffer.from('/registry/pods/apps/'), Buffer.from([0xc3, 0x28])]);
+    expect(parseKubernetesKey(key, '/registry/'.length)).toEqual({ resource: 'pods', namespace: 'apps', name: '\u00c3(' });
   });
   it.each(['pods', 'pods/a/b/c', 'pods//x', 'example.com/widgets'])('%s is not an object key', (rest) => {
-    expect(parseKubernetesKey(rest)).toBeUndefined();
+    expect(parseKubernetesKey(Buffer.from(rest))).toBeUndefined();
   });
 });
 
@@ -64,13 +68,13 @@ describe('Scope with the default rules', () => {
   });
 });
 
-describe('Scope.decide reads the layout parseKubernetesKey reads', () => {
-  // decide() walks the key's bytes; the reference reads the same key through the string parser.
+describe('Scope.decide agrees with the object parseKubernetesKey reads', () => {
+  // decide() goes by byte spans; the reference decides on the parsed object's text.
   const excluded = new Set(['kube-system', 'a.b', 'specs']);
   const scope = new Scope({ keyPrefix: Buffer.from('/registry/'), excludeNamespaces: excluded, excludePrefixes: [] });
   const reference = (key: Buffer): ScopeDecision => {
     if (!key.subarray(0, 10).equals(Buffer.from('/registry/'))) return 'outside-prefix';
-    const parsed = parseKubernetesKey(key.toString('latin1', 10));
+    const parsed = parseKubernetesKey(key, 10);
     if (parsed?.namespace !== undefined && excluded.has(parsed.namespace)) return 'excluded-namespace';
     if (parsed?.resource === 'namespaces' && parsed.namespace === undefined && excluded.has(parsed.name)) return 'excluded-namespace';
     return 'in-scope';

@@ -30,7 +30,7 @@ export function keyText(key: Buffer): string {
 
 /** `pods/apps`, `clusterroles (cluster)`, or `(other)` for keys that are not object keys. */
 export function groupOf(key: Buffer, keyPrefix: Buffer): string {
-  const parsed = parseKubernetesKey(key.toString('latin1', keyPrefix.length));
+  const parsed = parseKubernetesKey(key, keyPrefix.length);
   if (!parsed) return '(other)';
   return parsed.namespace === undefined ? `${parsed.resource} (cluster)` : `${parsed.resource}/${parsed.namespace}`;
 }

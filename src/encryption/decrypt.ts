@@ -58,7 +58,7 @@ function decrypt(type: CipherType, key: Buffer, data: Buffer, etcdKey: Buffer): 
 
 /** The providers kube-apiserver uses for this etcd key's resource; all of them when no entry names it. */
 export function providersFor(config: EncryptionConfig, etcdKey: Buffer, keyPrefix: Buffer): Provider[] {
-  const parsed = parseKubernetesKey(etcdKey.toString('latin1', keyPrefix.length));
+  const parsed = parseKubernetesKey(etcdKey, keyPrefix.length);
   if (parsed) {
     // `secrets`, `services/specs` (core: `secrets`, `services`) or `example.com/widgets` → `widgets.example.com`
     const [first = '', second = ''] = parsed.resource.split('/');

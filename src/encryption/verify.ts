@@ -71,7 +71,7 @@ export async function verifySide(
       report.encrypted++;
       const field = TALLY_FIELD[verdict.status];
       const keyName = `${verdict.provider}/${verdict.keyName}`;
-      const resource = parseKubernetesKey(kv.key.toString('latin1', keyPrefix.length))?.resource ?? '(other)';
+      const resource = parseKubernetesKey(kv.key, keyPrefix.length)?.resource ?? '(other)';
       report.total[field]++;
       (report.byKeyName[keyName] ??= emptyTally())[field]++;
       (report.byResource[resource] ??= emptyTally())[field]++;
