@@ -165,8 +165,8 @@ export async function measureLag(
   }
   const writeSeconds = (performance.now() - started) / 1000;
   const drainUntil = performance.now() + (options.drainMs ?? 120_000);
-  const unseen = (): boolean => lastWritesUnseen(issued, revisionOf, seenAt) || (options.alsoWatchPrimary === true && lastWritesUnseen(issued, revisionOf, seenOnPrimaryAt));
-  while ((inFlight > 0 || unseen()) && performance.now() < drainUntil && failed === undefined) {
+  const lastUnseen = (): boolean => lastWritesUnseen(issued, revisionOf, seenAt) || (options.alsoWatchPrimary === true && lastWritesUnseen(issued, revisionOf, seenOnPrimaryAt));
+  while ((inFlight > 0 || lastUnseen()) && performance.now() < drainUntil && failed === undefined) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   putter.close();
@@ -186,13 +186,16 @@ export async function measureLag(
     await new Promise((resolve) => setTimeout(resolve, 100));
     keysDiffering = await differing();
   }
+  /** The percentiles of the delivered writes' lags, and how many were not delivered. */
+  const summary = (lag: readonly (number | undefined)[]): { p50Ms: number; p99Ms: number; maxMs: number; unseen: number } => {
+    const sorted = lag
+      .slice(0, issued)
+      .filter((l): l is number => l !== undefined)
+      .sort((a, b) => a - b);
+    return { p50Ms: round1(percentile(sorted, 50)), p99Ms: round1(percentile(sorted, 99)), maxMs: round1(sorted[sorted.length - 1] ?? Number.NaN), unseen: issued - sorted.length };
+  };
   const lag = deliveries(issued, issuedAt, revisionOf, seenAt);
-  const lags = lag.slice(0, issued).filter((l): l is number => l !== undefined);
-  const sorted = [...lags].sort((a, b) => a - b);
-  const primaryLags = deliveries(issued, issuedAt, revisionOf, seenOnPrimaryAt)
-    .slice(0, issued)
-    .filter((l): l is number => l !== undefined)
-    .sort((a, b) => a - b);
+  const { unseen, ...percentiles } = summary(lag);
   const third = Math.floor(issued / 3);
   const firstThird = lag.slice(0, third).filter((l): l is number => l !== undefined);
   const lastThird = lag.slice(issued - third, issued).filter((l): l is number => l !== undefined);
@@ -200,22 +203,11 @@ export async function measureLag(
     rate,
     achievedRate: Math.round(issued / writeSeconds),
     writes: issued,
-    unseen: issued - lags.length,
+    unseen,
     keysDiffering,
-    p50Ms: round1(percentile(sorted, 50)),
-    p99Ms: round1(percentile(sorted, 99)),
-    maxMs: round1(sorted[sorted.length - 1] ?? Number.NaN),
+    ...percentiles,
     growthMs: round1(median(lastThird) - median(firstThird)),
     replyP99Ms: round1(percentile(replyMs.sort((a, b) => a - b), 99)),
-    ...(options.alsoWatchPrimary
-      ? {
-          samePrimary: {
-            p50Ms: round1(percentile(primaryLags, 50)),
-            p99Ms: round1(percentile(primaryLags, 99)),
-            maxMs: round1(primaryLags[primaryLags.length - 1] ?? Number.NaN),
-            unseen: issued - primaryLags.length,
-          },
-        }
-      : {}),
+    ...(options.alsoWatchPrimary ? { samePrimary: summary(deliveries(issued, issuedAt, revisionOf, seenOnPrimaryAt)) } : {}),
   };
 }
