@@ -13,7 +13,10 @@ export const DEFAULT_EXCLUDE_NAMESPACES: readonly string[] = ['kube-system', 'ku
 export const DEFAULT_EXCLUDE_PREFIXES: readonly string[] = ['/registry/masterleases/', '/registry/peerserverleases/'];
 
 /** Built-in resources stored under two path segments. */
-const TWO_SEGMENT_RESOURCES = new Set(['services/specs', 'services/endpoints']);
+const TWO_SEGMENT_RESOURCES: readonly (readonly [string, string])[] = [
+  ['services', 'specs'],
+  ['services', 'endpoints'],
+];
 
 export interface ScopeRules {
   /** Only keys under this prefix are ever written. Default `/registry/`. */
@@ -62,7 +65,7 @@ const SLASH = 0x2f;
 const DOT = 0x2e;
 const bytesOf = (s: string): Buffer => Buffer.from(s, 'latin1');
 const NAMESPACES = bytesOf('namespaces');
-const TWO_SEGMENT_RESOURCE_BYTES = [...TWO_SEGMENT_RESOURCES].map((r) => r.split('/').map(bytesOf) as [Buffer, Buffer]);
+const TWO_SEGMENT_RESOURCE_BYTES = TWO_SEGMENT_RESOURCES.map(([first, second]) => [bytesOf(first), bytesOf(second)] as const);
 
 /** An object key's segments after the prefix: segment i is key[starts[i], ends[i]). */
 interface KeyLayout {
