@@ -228,6 +228,7 @@ async function main(): Promise<void> {
     const rss: number[] = [];
     const ceilingCpu: CpuUse[] = [];
     const syncCpu: CpuUse[] = [];
+    const diffCpu: CpuUse[] = [];
     let t = 0;
     let sync: CliProcess;
     for (let round = 1; round <= SYNC_ROUNDS; round++) {
@@ -258,9 +259,17 @@ async function main(): Promise<void> {
       t = startTimer();
       const cpu = cpuMeter({ primary: primary.process?.pid, standby: standby.process?.pid });
       sync = runCli(runArgs, cliEnv, NODE_FLAGS);
+      // The diff's own CPU, without etcd-sync's start-up: metered from the log line that opens the diff to the one that closes it.
+      const running = sync;
+      let diffMeter: (() => CpuUse) | undefined;
+      running.onLog('full diff started', () => (diffMeter = cpuMeter({ primary: primary.process?.pid, standby: standby.process?.pid, 'etcd-sync': running.child.pid })));
+      running.onLog('initial sync done', () => {
+        if (diffMeter) diffCpu.push(diffMeter());
+      });
       await sync.waitForLog('initial sync done', HOUR);
       syncs.push(since(t));
       syncCpu.push({ ...cpu(), 'etcd-sync': round2(cpuSeconds(sync.child.pid)) });
+      if (diffCpu.length !== syncCpu.length) throw new Error(`no CPU reading of the diff in round ${round}: its log lines were not seen`);
       diffs.push(Number(/"durationMs":(\d+)/.exec(sync.output())?.[1]) / 1000);
       rss.push(peakRssMb(sync.child));
       await stop(sync);
@@ -283,6 +292,11 @@ async function main(): Promise<void> {
     // However well the processes overlap, N cores cannot do the work in less than its CPU time / N.
     r.etcdSyncInitialCpuBoundSeconds = round2(median(syncCpu.map((use) => cpuTotal(use) / CORES)));
     r.etcdSyncInitialCpuBoundRatio = median(ratios(syncCpu.map((use) => round2(cpuTotal(use) / CORES))));
+    r.etcdSyncDiffCpu = cpuSummary(diffCpu, 'CPU-s');
+    r.etcdSyncDiffCpuBoundSeconds = round2(median(diffCpu.map((use) => cpuTotal(use) / CORES)));
+    r.etcdSyncDiffCpuBoundRatio = median(ratios(diffCpu.map((use) => round2(cpuTotal(use) / CORES))));
+    // How far the diff ran above its own CPU bound: the time some core was left idle.
+    r.etcdSyncDiffOverBoundRatio = median(ratios(diffs, diffCpu.map((use) => round2(cpuTotal(use) / CORES))));
 
     phase('2b make-mirror initial copy');
     t = startTimer();
@@ -396,6 +410,11 @@ async function main(): Promise<void> {
       `2 initial sync, CPU time of the processes, process start to done (median of ${SYNC_ROUNDS})`,
       `${n.etcdSyncInitialCpuBoundSeconds} s on ${CORES} cores at the least`,
       `${n.etcdSyncInitialCpuBoundRatio}x the ceiling (median of the rounds' ratios); CPU ${r.etcdSyncInitialCpu}`,
+    ],
+    [
+      `2 initial sync, CPU time of the processes during the diff alone (median of ${SYNC_ROUNDS})`,
+      `${n.etcdSyncDiffCpuBoundSeconds} s on ${CORES} cores at the least`,
+      `${n.etcdSyncDiffCpuBoundRatio}x the ceiling; the diff took ${n.etcdSyncDiffOverBoundRatio}x this bound (medians of the rounds' ratios); CPU ${r.etcdSyncDiffCpu}`,
     ],
     ['2 initial sync, make-mirror', `${n.makeMirrorInitialSeconds} s`, `etcd-sync ${x(n.makeMirrorInitialSeconds!, n.etcdSyncInitialSeconds!)} faster`],
     [`3 catch-up of ${STREAM} single-key revisions, etcd-sync (start to checkpoint)`, `${n.etcdSyncCatchUpSeconds} s`, `${n.etcdSyncCatchUpRevisionsPerSecond} rev/s`],

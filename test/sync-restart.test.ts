@@ -47,8 +47,13 @@ describe('restarts of etcd-sync run', () => {
     ]);
 
     const second = start();
+    const seen: string[] = [];
+    for (const line of ['replaying primary history since checkpoint', 'full diff started', 'initial sync done']) second.onLog(line, () => seen.push(line));
     await second.waitForLog('initial sync done');
-    expect(second.output()).toContain('replaying primary history since checkpoint');
+    expect(seen).toEqual(['replaying primary history since checkpoint', 'full diff started', 'initial sync done']);
+    const logged = (msg: string): { revision?: string } => JSON.parse(second.output().split('\n').find((l) => l.includes(`"msg":"${msg}"`)) ?? '{}') as { revision?: string };
+    expect(logged('full diff started').revision).toMatch(/^[1-9]\d*$/);
+    expect(logged('full diff started').revision).toBe(logged('initial sync done').revision);
     await waitInSync(p, s);
     const standbyKeys = await inScope(s);
     for (const k of copiedKeys) expect(standbyKeys[k], k).toBeUndefined();

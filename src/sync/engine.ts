@@ -407,6 +407,7 @@ export class SyncEngine {
    */
   async fullSync(revision: bigint, prune: boolean): Promise<DiffStats> {
     const started = Date.now();
+    this.log.info({ revision: revision.toString(), prune }, 'full diff started');
     const stats: DiffStats = { revision, scanned: 0, equal: 0, missing: 0, different: 0, surplus: 0, put: 0, deleted: 0, bytesWritten: 0, durationMs: 0 };
     const inScope = (kv: KeyValue): boolean => this.scope.inScope(kv.key);
     const range = { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, pageSize: this.pageSize, signal: this.signal };

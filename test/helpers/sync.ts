@@ -100,6 +100,8 @@ export interface CliProcess {
   output(): string;
   stdout(): string;
   waitForLog(text: string, timeoutMs?: number): Promise<void>;
+  /** Calls `fn` in the output handler that receives `text` first: at that moment, not a poll later. */
+  onLog(text: string, fn: () => void): void;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
@@ -113,11 +115,22 @@ export function runCli(args: string[], env: Record<string, string> = {}, nodeFla
   });
   let out = '';
   let stdout = '';
+  let watchers: { text: string; fn: () => void }[] = [];
+  const received = (text: string): void => {
+    // From a text's length before the new chunk: a line may arrive split over two chunks.
+    const from = out.length;
+    out += text;
+    if (watchers.length === 0) return;
+    const at = (w: { text: string }): number => out.indexOf(w.text, Math.max(0, from - w.text.length));
+    const due = watchers.filter((w) => at(w) >= 0).sort((a, b) => at(a) - at(b));
+    watchers = watchers.filter((w) => !due.includes(w));
+    for (const w of due) w.fn();
+  };
   child.stdout?.on('data', (d: Buffer) => {
-    out += d.toString();
     stdout += d.toString();
+    received(d.toString());
   });
-  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => received(d.toString()));
   let exitedWith: string | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => {
@@ -135,6 +148,10 @@ export function runCli(args: string[], env: Record<string, string> = {}, nodeFla
         throw new Error(`no '${text}' in output within ${timeoutMs} ms:\n${out.slice(-2000)}`);
       });
       if (!out.includes(text)) throw new Error(`the CLI exited (${exitedWith}) without '${text}' in its output:\n${out.slice(-2000)}`);
+    },
+    onLog: (text, fn) => {
+      if (out.includes(text)) fn();
+      else watchers.push({ text, fn });
     },
     exited,
   };
