@@ -290,13 +290,14 @@ async function main(): Promise<void> {
     r.ceilingCpu = cpuSummary(ceilingCpu, 'CPU-s');
     r.etcdSyncInitialCpu = cpuSummary(syncCpu, 'CPU-s');
     // However well the processes overlap, N cores cannot do the work in less than its CPU time / N.
-    r.etcdSyncInitialCpuBoundSeconds = round2(median(syncCpu.map((use) => cpuTotal(use) / CORES)));
-    r.etcdSyncInitialCpuBoundRatio = median(ratios(syncCpu.map((use) => round2(cpuTotal(use) / CORES))));
+    const bounds = (rounds: readonly CpuUse[]): number[] => rounds.map((use) => round2(cpuTotal(use) / CORES));
+    r.etcdSyncInitialCpuBoundSeconds = median(bounds(syncCpu));
+    r.etcdSyncInitialCpuBoundRatio = median(ratios(bounds(syncCpu)));
     r.etcdSyncDiffCpu = cpuSummary(diffCpu, 'CPU-s');
-    r.etcdSyncDiffCpuBoundSeconds = round2(median(diffCpu.map((use) => cpuTotal(use) / CORES)));
-    r.etcdSyncDiffCpuBoundRatio = median(ratios(diffCpu.map((use) => round2(cpuTotal(use) / CORES))));
+    r.etcdSyncDiffCpuBoundSeconds = median(bounds(diffCpu));
+    r.etcdSyncDiffCpuBoundRatio = median(ratios(bounds(diffCpu)));
     // How far the diff ran above its own CPU bound: the time some core was left idle.
-    r.etcdSyncDiffOverBoundRatio = median(ratios(diffs, diffCpu.map((use) => round2(cpuTotal(use) / CORES))));
+    r.etcdSyncDiffOverBoundRatio = median(ratios(diffs, bounds(diffCpu)));
 
     phase('2b make-mirror initial copy');
     t = startTimer();
