@@ -1,12 +1,13 @@
 /**
- * The only place that opens connections to etcd. Every call goes over raw grpc-js channels
- * with etcd-sync's own protobuf codec (codec.ts): unary calls (KV, Lease, Auth) on one
- * channel per side, and streams (watch, lease keep-alive) each on a channel of its own. No
+ * The only place that opens connections to etcd. Every call carries etcd-sync's own protobuf
+ * codec (codec.ts): unary calls (KV, Lease, Auth) over one HTTP/2 connection per side
+ * (unary.ts), and streams (watch, lease keep-alive) each on a grpc-js channel of its own. No
  * client library sits in between: etcd-sync's retry loop, which reads `retryable` on typed
  * errors, is the one that decides, and a watch resumes from the revision etcd-sync applied.
  */
 import * as grpc from '@grpc/grpc-js';
-import { decodeStringField, encodeStringFields, passThrough } from './codec.js';
+import { decodeStringField, encodeStringFields } from './codec.js';
+import { UnaryConnection, type UnaryConnectionOptions } from './unary.js';
 import { UnreachableError, fromGrpcError } from '../errors.js';
 
 export interface EtcdTls {
@@ -36,12 +37,15 @@ export interface ConnectionOptions {
 export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_RECEIVE_BYTES = 256 * 1024 * 1024;
 /**
- * HTTP/2 receive window of a connection and of each call on it. grpc-js keeps HTTP/2's 64 KiB
- * unless told: a 4 MiB range page then arrives in 64 window updates, each waiting for the event
- * loop. In paired rounds of a 100k-key initial sync, 4 MiB (a page) beat 64 KiB in 3 of 3
+ * HTTP/2 receive window of a connection and of each call on it, unary or stream. HTTP/2's
+ * default is 64 KiB: a 4 MiB range page then arrives in 64 window updates, each waiting for the
+ * event loop. In paired rounds (grpc-js then) of a 100k-key initial sync, 4 MiB (a page) beat 64 KiB in 3 of 3
  * (2.6–3.2 s against 3.5–3.9 s), 16 MiB in 6 of 6 and 64 MiB in 2 of 3.
  */
 const RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024;
+/** etcd's default keepalive enforcement allows a ping every 5 s; stay well above it. */
+const KEEPALIVE_MS = 10_000;
+const KEEPALIVE_TIMEOUT_MS = 5_000;
 /** How long a stream token is reused: far below etcd's shortest usual token TTL (--auth-token-ttl, 300 s). */
 const STREAM_TOKEN_REUSE_MS = 10_000;
 
@@ -58,13 +62,16 @@ export class EtcdSide {
   readonly endpoints: string[];
   private readonly credentials: grpc.ChannelCredentials;
   private readonly channelOptions: grpc.ChannelOptions;
+  private readonly unaryOptions: UnaryConnectionOptions;
   private readonly auth: EtcdSideConfig['auth'];
   private readonly callTimeoutMs: number;
   private nextEndpoint = 0;
   private readonly streamClients: grpc.Client[] = [];
-  /** The channel unary calls go over, on one endpoint until that endpoint fails. */
-  private unaryChannel: { client: grpc.Client; endpoint: string } | undefined;
+  /** The connection unary calls go over, to one endpoint until that endpoint fails. */
+  private unaryConnection: UnaryConnection | undefined;
   private unaryEndpoint = 0;
+  /** Connections that authenticate for the stream channels' endpoints. */
+  private readonly authConnections = new Map<string, UnaryConnection>();
   /** The auth token per endpoint and when it was asked for: each authenticate costs etcd a bcrypt. */
   private readonly tokens = new Map<string, { token: Promise<string>; at: number }>();
   private readonly closeHooks = new Set<() => void>();
@@ -79,12 +86,19 @@ export class EtcdSide {
     this.credentials = secure
       ? grpc.credentials.createSsl(config.tls?.ca ?? null, config.tls?.key ?? null, config.tls?.cert ?? null)
       : grpc.credentials.createInsecure();
+    const maxReceiveBytes = options.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES;
+    this.unaryOptions = {
+      ...(secure && config.tls ? { tls: config.tls } : {}),
+      maxReceiveBytes,
+      receiveWindowBytes: RECEIVE_WINDOW_BYTES,
+      keepaliveMs: KEEPALIVE_MS,
+      keepaliveTimeoutMs: KEEPALIVE_TIMEOUT_MS,
+    };
     this.channelOptions = {
-      'grpc.max_receive_message_length': options.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES,
+      'grpc.max_receive_message_length': maxReceiveBytes,
       'grpc.max_send_message_length': 64 * 1024 * 1024,
-      // etcd's default keepalive enforcement allows a ping every 5 s; stay well above it.
-      'grpc.keepalive_time_ms': 10_000,
-      'grpc.keepalive_timeout_ms': 5_000,
+      'grpc.keepalive_time_ms': KEEPALIVE_MS,
+      'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
       'grpc.keepalive_permit_without_calls': 1,
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 5_000,
@@ -99,43 +113,33 @@ export class EtcdSide {
    */
   async unary<T>(what: string, method: UnaryMethod, request: Buffer, decode: (reply: Buffer) => T): Promise<T> {
     for (let attempt = 0; ; attempt++) {
-      const channel = this.currentUnaryChannel();
+      const connection = this.currentUnaryConnection();
       try {
-        const metadata = new grpc.Metadata();
-        if (this.auth) metadata.set('token', await this.tokenFor(channel.endpoint, Infinity));
-        return await new Promise<T>((resolve, reject) => {
-          channel.client.makeUnaryRequest(
-            `/etcdserverpb.${method}`,
-            passThrough,
-            decode,
-            request,
-            metadata,
-            { deadline: Date.now() + this.callTimeoutMs },
-            (err, reply) => (err ? reject(err) : resolve(reply as T)),
-          );
-        });
+        const headers: Record<string, string> = {};
+        if (this.auth) headers.token = await this.tokenFor(connection.endpoint, Infinity);
+        return decode(await connection.call(`/etcdserverpb.${method}`, request, headers, this.callTimeoutMs));
       } catch (err) {
         if (this.auth && attempt === 0 && /invalid auth token/i.test(String((err as Error)?.message))) {
-          this.tokens.delete(channel.endpoint);
+          this.tokens.delete(connection.endpoint);
           continue;
         }
-        const typed = fromGrpcError(err, `${this.name} etcd (${channel.endpoint}) ${what}`);
-        if (typed instanceof UnreachableError && this.unaryChannel === channel) {
-          this.unaryChannel = undefined;
+        const typed = fromGrpcError(err, `${this.name} etcd (${connection.endpoint}) ${what}`);
+        if (typed instanceof UnreachableError && this.unaryConnection === connection) {
+          this.unaryConnection = undefined;
           this.unaryEndpoint++;
-          channel.client.close();
+          connection.close();
         }
         throw typed;
       }
     }
   }
 
-  private currentUnaryChannel(): { client: grpc.Client; endpoint: string } {
-    if (this.unaryChannel === undefined) {
+  private currentUnaryConnection(): UnaryConnection {
+    if (this.unaryConnection === undefined) {
       const endpoint = this.endpoints[this.unaryEndpoint % this.endpoints.length] as string;
-      this.unaryChannel = { client: new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions), endpoint };
+      this.unaryConnection = new UnaryConnection(endpoint, this.unaryOptions);
     }
-    return this.unaryChannel;
+    return this.unaryConnection;
   }
 
   /** A grpc-js channel of its own for a stream, on the next endpoint, and the metadata (auth token) to open it with. */
@@ -184,30 +188,29 @@ export class EtcdSide {
     return token;
   }
 
-  private authenticate(endpoint: string): Promise<string> {
+  private async authenticate(endpoint: string): Promise<string> {
     const auth = this.auth;
-    if (!auth) return Promise.resolve('');
-    const client = new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions);
+    if (!auth) return '';
     // AuthenticateRequest{name = 1, password = 2} -> AuthenticateResponse{token = 2}.
     const request = encodeStringFields([
       [1, auth.username],
       [2, auth.password],
     ]);
-    return new Promise<string>((resolve, reject) => {
-      client.makeUnaryRequest(
-        '/etcdserverpb.Auth/Authenticate',
-        passThrough,
-        (reply: Buffer) => decodeStringField(reply, 2),
-        request,
-        new grpc.Metadata(),
-        { deadline: Date.now() + this.callTimeoutMs },
-        (err, token) => {
-          client.close();
-          if (err) reject(err);
-          else resolve(token ?? '');
-        },
-      );
-    });
+    let connection = this.unaryConnection?.endpoint === endpoint ? this.unaryConnection : this.authConnections.get(endpoint);
+    if (connection === undefined) {
+      connection = new UnaryConnection(endpoint, this.unaryOptions);
+      this.authConnections.set(endpoint, connection);
+    }
+    try {
+      return decodeStringField(await connection.call('/etcdserverpb.Auth/Authenticate', request, {}, this.callTimeoutMs), 2);
+    } catch (err) {
+      // A broken connection is not kept for the next authentication.
+      if (this.authConnections.get(endpoint) === connection) {
+        this.authConnections.delete(endpoint);
+        connection.close();
+      }
+      throw err;
+    }
   }
 
   /** Runs `hook` on close(), before the channels close; returns its removal. */
@@ -220,8 +223,10 @@ export class EtcdSide {
     this.closed = true;
     for (const hook of [...this.closeHooks]) hook();
     this.closeHooks.clear();
-    this.unaryChannel?.client.close();
-    this.unaryChannel = undefined;
+    this.unaryConnection?.close();
+    this.unaryConnection = undefined;
+    for (const connection of this.authConnections.values()) connection.close();
+    this.authConnections.clear();
     for (const client of this.streamClients.splice(0)) client.close();
   }
 }

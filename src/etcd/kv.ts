@@ -60,11 +60,12 @@ export const DEFAULT_PAGE_SIZE = 50_000;
 /** Keys of the first page, before the value sizes are known. */
 const FIRST_PAGE_SIZE = 1000;
 /**
- * Payload (keys + values) a page aims at once the first page has shown the average size. Each
- * page is received twice over (grpc-js keeps the HTTP/2 chunks, then joins them) and a scan holds
- * two pages a side, while V8 frees dropped Buffers only some 64 MB of external memory later. A
- * 1M-key check peaked at 198–247 MB RSS with 8 MiB pages (9 runs), 139–180 MB with 4 MiB (7) and
- * 156–163 MB with 2 MiB (6); 2 MiB made the 100k initial sync slower, 4 MiB did not.
+ * Payload (keys + values) a page aims at once the first page has shown the average size. A scan
+ * holds two pages a side, while V8 frees dropped Buffers only some 64 MB of external memory
+ * later. Measured when grpc-js received the pages (it kept the HTTP/2 chunks, then joined them:
+ * each page twice over): a 1M-key check peaked at 198–247 MB RSS with 8 MiB pages (9 runs),
+ * 139–180 MB with 4 MiB (7) and 156–163 MB with 2 MiB (6); 2 MiB made the 100k initial sync
+ * slower, 4 MiB did not.
  */
 export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
 /** DEFAULT_PAGE_BYTES for help texts. */
