@@ -39,8 +39,8 @@ export const DEFAULT_MAX_RECEIVE_BYTES = 256 * 1024 * 1024;
 /**
  * HTTP/2 receive window of a connection and of each call on it, unary or stream. HTTP/2's
  * default is 64 KiB: a 4 MiB range page then arrives in 64 window updates, each waiting for the
- * event loop. In paired rounds (grpc-js then) of a 100k-key initial sync, 4 MiB (a page) beat 64 KiB in 3 of 3
- * (2.6–3.2 s against 3.5–3.9 s), 16 MiB in 6 of 6 and 64 MiB in 2 of 3.
+ * event loop. In paired rounds of a 100k-key initial sync (over grpc-js then), 4 MiB (a page)
+ * beat 64 KiB in 3 of 3 (2.6–3.2 s against 3.5–3.9 s), 16 MiB in 6 of 6 and 64 MiB in 2 of 3.
  */
 const RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024;
 /** etcd's default keepalive enforcement allows a ping every 5 s; stay well above it. */
@@ -204,7 +204,7 @@ export class EtcdSide {
     try {
       return decodeStringField(await connection.call('/etcdserverpb.Auth/Authenticate', request, {}, this.callTimeoutMs), 2);
     } catch (err) {
-      // A broken connection is not kept for the next authentication.
+      // A failed authentication does not keep its connection: the next one starts afresh.
       if (this.authConnections.get(endpoint) === connection) {
         this.authConnections.delete(endpoint);
         connection.close();

@@ -5,7 +5,7 @@
  * message prefix in front, and keeps a reply's HTTP/2 chunks until it joins them. An initial
  * sync moves its data through both directions once, so those copies (and the garbage they make)
  * were a measured share of etcd-sync's CPU: over the diff of a 100k-key initial sync, 8 paired
- * syncs, etcd-sync's CPU 0.92x and the diff's time 0.94x with calls made this way (README,
+ * syncs, etcd-sync's CPU 0.83x and the diff's time 0.94x with calls made this way (README,
  * "Benchmark"). The streams (watch, lease keep-alive) stay on grpc-js.
  *
  * A gRPC unary call (grpc/PROTOCOL-HTTP2.md) is a POST to /<package>.<service>/<method> with
