@@ -6,7 +6,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { decodeRangeResponse, encodeInt64Fields, encodeRangeRequest, passThrough } from '../src/etcd/codec.js';
+import { decodeRangeResponse, decodeStringField, encodeInt64Fields, encodeRangeRequest, encodeStringFields, passThrough } from '../src/etcd/codec.js';
 import { EtcdSide } from '../src/etcd/connection.js';
 import { readHeader, rangePage, scanPages } from '../src/etcd/kv.js';
 import { GrpcCallError, UnaryConnection, type UnaryConnectionOptions, grpcTimeout } from '../src/etcd/unary.js';
@@ -178,6 +178,40 @@ describe('unary calls against etcd', () => {
     proxy.mode = 'forward';
     expect(await status()).toBeGreaterThan(0n);
     expect(proxy.accepted).toBe(2);
+  });
+});
+
+describe('auth tokens over unary calls', () => {
+  let etcd: EtcdServer;
+  beforeAll(async () => {
+    etcd = await EtcdServer.start({ name: 'unary-auth', rootPassword: 'pw', extraArgs: ['--auth-token-ttl=1'] });
+  });
+  afterAll(async () => {
+    await etcd?.destroy();
+  });
+
+  it('a token etcd let expire is asked for again, once, and the call goes through', async () => {
+    const side = new EtcdSide(etcd.sideConfig('standby'));
+    const other = new UnaryConnection(etcd.endpoint, OPTIONS);
+    onTestFinished(() => {
+      side.close();
+      other.close();
+    });
+    const first = await readHeader(side); // authenticates
+    // A token asked for after the side's: once etcd has dropped it, it has dropped the side's too.
+    const token = decodeStringField(
+      await other.call('/etcdserverpb.Auth/Authenticate', encodeStringFields([[1, 'root'], [2, 'pw']]), {}, 5_000),
+      2,
+    );
+    const status = (): Promise<Buffer> => other.call('/etcdserverpb.KV/Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true }), { token }, 5_000);
+    await status();
+    // Each use renews a simple token's TTL: look less often than it lasts.
+    await waitFor(async () => (await status().then(() => '', (err: Error) => err.message)) === '16 UNAUTHENTICATED: etcdserver: invalid auth token', {
+      timeoutMs: 20_000,
+      intervalMs: 2_500,
+      message: 'etcd did not let the token expire',
+    });
+    expect((await readHeader(side)).revision).toBe(first.revision);
   });
 });
 

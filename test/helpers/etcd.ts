@@ -34,6 +34,8 @@ export interface EtcdServerOptions {
   rootPassword?: string;
   /** This client port, not a free one (no retry when it is taken): for the helper's own test. */
   clientPort?: number;
+  /** More etcd flags, e.g. `--auth-token-ttl=1`. */
+  extraArgs?: string[];
 }
 
 export class EtcdServer {
@@ -92,6 +94,7 @@ export class EtcdServer {
       '--quota-backend-bytes=8589934592',
     ];
     if (etcdMinor() !== '3.4') args.push('--unsafe-no-fsync');
+    args.push(...(this.options.extraArgs ?? []));
     const tls = this.options.tls;
     if (tls) {
       args.push(`--cert-file=${tls.serverCert}`, `--key-file=${tls.serverKey}`, `--trusted-ca-file=${tls.ca}`, '--client-cert-auth');
