@@ -79,12 +79,27 @@ export class EtcdRequestError extends EtcdSyncError {
   readonly exitCode = 1;
 }
 
-const UNAVAILABLE = 14;
-const DEADLINE_EXCEEDED = 4;
-const RESOURCE_EXHAUSTED = 8;
-const UNAUTHENTICATED = 16;
-const PERMISSION_DENIED = 7;
-const CANCELLED = 1;
+/** gRPC status codes (grpc/doc/statuscodes.md), as grpc-js and etcd-sync's unary calls report them. */
+export const GrpcStatus = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  OUT_OF_RANGE: 11,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+} as const;
+const { CANCELLED, DEADLINE_EXCEEDED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, UNAVAILABLE } = GrpcStatus;
 
 const TLS_HINTS = [
   'handshake',

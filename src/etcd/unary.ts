@@ -14,37 +14,11 @@
  * alone when the call failed before a reply ("trailers-only").
  */
 import http2 from 'node:http2';
+import { GrpcStatus } from '../errors.js';
 
-/** gRPC status codes (grpc/doc/statuscodes.md) by name, as grpc-js reports them. */
-const STATUS_NAMES = [
-  'OK',
-  'CANCELLED',
-  'UNKNOWN',
-  'INVALID_ARGUMENT',
-  'DEADLINE_EXCEEDED',
-  'NOT_FOUND',
-  'ALREADY_EXISTS',
-  'PERMISSION_DENIED',
-  'RESOURCE_EXHAUSTED',
-  'FAILED_PRECONDITION',
-  'ABORTED',
-  'OUT_OF_RANGE',
-  'UNIMPLEMENTED',
-  'INTERNAL',
-  'UNAVAILABLE',
-  'DATA_LOSS',
-  'UNAUTHENTICATED',
-] as const;
-
-const CANCELLED = 1;
-const UNKNOWN = 2;
-const DEADLINE_EXCEEDED = 4;
-const PERMISSION_DENIED = 7;
-const RESOURCE_EXHAUSTED = 8;
-const UNIMPLEMENTED = 12;
-const INTERNAL = 13;
-const UNAVAILABLE = 14;
-const UNAUTHENTICATED = 16;
+const { CANCELLED, DEADLINE_EXCEEDED, INTERNAL, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, UNKNOWN } = GrpcStatus;
+/** Each status code's name, for messages as grpc-js words them. */
+const STATUS_NAMES = new Map<number, string>(Object.entries(GrpcStatus).map(([name, code]) => [code, name]));
 
 /**
  * A call that did not return a reply, shaped as grpc-js reports one (numeric `code`, `details`,
@@ -55,7 +29,7 @@ export class GrpcCallError extends Error {
     readonly code: number,
     readonly details: string,
   ) {
-    super(`${code} ${STATUS_NAMES[code] ?? 'UNKNOWN'}: ${details}`);
+    super(`${code} ${STATUS_NAMES.get(code) ?? 'UNKNOWN'}: ${details}`);
     this.name = 'GrpcCallError';
   }
 }
