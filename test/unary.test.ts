@@ -161,6 +161,26 @@ describe('unary calls against etcd', () => {
     expect(proxy.accepted).toBe(2);
   });
 
+  it('a connection that carried its most calls is replaced by a new one, its own calls finishing on it', async () => {
+    const proxy = await Proxy.start(etcd.endpoint);
+    const connection = new UnaryConnection(proxy.endpoint, { ...OPTIONS, maxCallsPerConnection: 2 });
+    onTestFinished(async () => {
+      connection.close();
+      await proxy.close();
+    });
+    const status = async (): Promise<bigint> =>
+      decodeRangeResponse(await connection.call('/etcdserverpb.KV/Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true }), {}, 5_000)).header.revision;
+    // Made while the connections connect: 2 + 2 + 1 calls.
+    const revisions = await Promise.all([status(), status(), status(), status(), status()]);
+    expect(new Set(revisions).size).toBe(1);
+    expect(proxy.accepted).toBe(3);
+    // Made on a connected connection: the second of these opens a fourth.
+    expect(await status()).toBe(revisions[0]);
+    expect(await status()).toBe(revisions[0]);
+    expect(proxy.accepted).toBe(4);
+    await waitFor(() => proxy.closedByClient === 3, { timeoutMs: 10_000, message: 'the full connections were not closed' });
+  });
+
   it('a connection that stops answering is closed by its keep-alive ping; the next call opens a new one', async () => {
     const proxy = await Proxy.start(etcd.endpoint);
     const connection = new UnaryConnection(proxy.endpoint, { ...OPTIONS, keepaliveMs: 100, keepaliveTimeoutMs: 200 });

@@ -44,7 +44,16 @@ export interface UnaryConnectionOptions {
   /** A ping every this often while the connection is open; one not answered within keepaliveTimeoutMs closes it. */
   keepaliveMs: number;
   keepaliveTimeoutMs: number;
+  /** Calls a connection carries before the next call opens a new one. Default MAX_CALLS_PER_CONNECTION. */
+  maxCallsPerConnection?: number;
 }
+
+/**
+ * A client's HTTP/2 stream IDs are the odd numbers below 2^31: a connection carries at most
+ * 2^30 calls, which streaming at ~340 txns/s uses up in about 36 days. Well before that, the
+ * next call opens a new connection (the old one finishes its calls and closes).
+ */
+export const MAX_CALLS_PER_CONNECTION = 1_000_000_000;
 
 /** grpc-timeout: at most 8 digits, so long deadlines go in seconds. */
 export function grpcTimeout(ms: number): string {
@@ -83,6 +92,8 @@ export class UnaryConnection {
   /** The current session's pings. */
   private keepalive: NodeJS.Timeout | undefined;
   private activeCalls = 0;
+  /** Calls the current session has carried. */
+  private sessionCalls = 0;
   /** The connection's last error (refused, TLS, reset): a call that fails with it says so. */
   private lastError = '';
   private closed = false;
@@ -220,7 +231,12 @@ export class UnaryConnection {
 
   private open(): http2.ClientHttp2Session {
     const current = this.session;
-    if (current !== undefined && !current.closed && !current.destroyed) return current;
+    if (current !== undefined && !current.closed && !current.destroyed) {
+      if (++this.sessionCalls <= (this.options.maxCallsPerConnection ?? MAX_CALLS_PER_CONNECTION)) return current;
+      // Its calls finish on it; node sends those made while connecting only once connected.
+      if (current.connecting) current.once('connect', () => current.close());
+      else current.close();
+    }
     const { tls, receiveWindowBytes, keepaliveMs, keepaliveTimeoutMs } = this.options;
     const secure = this.endpoint.startsWith('https://');
     const session = http2.connect(this.endpoint, {
@@ -233,6 +249,7 @@ export class UnaryConnection {
       maxSessionMemory: 64,
     });
     this.session = session;
+    this.sessionCalls = 1;
     this.lastError = '';
     session.unref();
     session.on('connect', () => session.setLocalWindowSize(receiveWindowBytes));
