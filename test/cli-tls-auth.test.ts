@@ -3,7 +3,7 @@ import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import type { EtcdServer } from './helpers/etcd.js';
+import { type EtcdServer, freePort } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
 import { makeTls } from './helpers/tls.js';
 import { packageVersion, putMany, runCli, waitInSync } from './helpers/sync.js';
@@ -24,7 +24,7 @@ describe('TLS, auth and bad input', () => {
   const pair = usePair({ tls, rootPassword: 'secret-pw' });
   beforeAll(() => ({ primary, standby, p, s } = pair));
 
-  it('syncs over mTLS with user/password auth on both sides, flags from the environment too', async () => {
+  it('syncs over mTLS with user/password auth on both sides, flags from the environment too; proxy variables are not used', async () => {
     await putMany(p, [
       ['/registry/secrets/apps/db', 'encrypted-bytes'],
       ['/registry/pods/apps/web', 'pod'],
@@ -37,6 +37,10 @@ describe('TLS, auth and bad input', () => {
       ETCD_SYNC_STANDBY_KEY: tls.clientKey,
       ETCD_SYNC_STANDBY_USER: 'root',
       ETCD_SYNC_STANDBY_PASSWORD: 'secret-pw',
+      // etcd-sync connects to the endpoints directly: through this proxy nothing would arrive.
+      grpc_proxy: `http://127.0.0.1:${await freePort()}`,
+      https_proxy: `http://127.0.0.1:${await freePort()}`,
+      http_proxy: `http://127.0.0.1:${await freePort()}`,
     };
     const cli = runCli(['run', ...primary.cliArgs('primary'), '--log-level', 'debug'], env);
     try {

@@ -103,6 +103,9 @@ export class EtcdSide {
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 5_000,
       'grpc-node.flow_control_window': RECEIVE_WINDOW_BYTES,
+      // Straight to the endpoints, as the unary calls go: grpc-js would otherwise route the
+      // streams through grpc_proxy/https_proxy/http_proxy from the environment.
+      'grpc.enable_http_proxy': 0,
     };
   }
 
