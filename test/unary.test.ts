@@ -17,6 +17,10 @@ import { waitFor } from './helpers/wait.js';
 const OPTIONS: UnaryConnectionOptions = { maxReceiveBytes: 1024 * 1024, receiveWindowBytes: 4 * 1024 * 1024, keepaliveMs: 10_000, keepaliveTimeoutMs: 5_000 };
 const retry = <T>(_what: string, fn: () => Promise<T>): Promise<T> => fn();
 
+/** etcd's current revision, read over `connection` with a count-only Range (`headers`: the auth token, if any). */
+const revisionOver = async (connection: UnaryConnection, headers: Record<string, string> = {}): Promise<bigint> =>
+  decodeRangeResponse(await connection.call('/etcdserverpb.KV/Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true }), headers, 5_000)).header.revision;
+
 /** A TCP proxy to `target` that forwards, resets new connections, or freezes (keeps them open, forwards nothing). */
 class Proxy {
   mode: 'forward' | 'reset' | 'freeze' = 'forward';
@@ -161,15 +165,20 @@ describe('unary calls against etcd', () => {
     expect(proxy.accepted).toBe(2);
   });
 
-  it('a connection that carried its most calls is replaced by a new one, its own calls finishing on it', async () => {
+  /** A connection to etcd through a Proxy of its own; both closed when the test ends. */
+  const proxiedConnection = async (options: UnaryConnectionOptions): Promise<{ proxy: Proxy; connection: UnaryConnection }> => {
     const proxy = await Proxy.start(etcd.endpoint);
-    const connection = new UnaryConnection(proxy.endpoint, { ...OPTIONS, maxCallsPerConnection: 2 });
+    const connection = new UnaryConnection(proxy.endpoint, options);
     onTestFinished(async () => {
       connection.close();
       await proxy.close();
     });
-    const status = async (): Promise<bigint> =>
-      decodeRangeResponse(await connection.call('/etcdserverpb.KV/Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true }), {}, 5_000)).header.revision;
+    return { proxy, connection };
+  };
+
+  it('a connection that carried its most calls is replaced by a new one, its own calls finishing on it', async () => {
+    const { proxy, connection } = await proxiedConnection({ ...OPTIONS, maxCallsPerConnection: 2 });
+    const status = (): Promise<bigint> => revisionOver(connection);
     // Made while the connections connect: 2 + 2 + 1 calls.
     const revisions = await Promise.all([status(), status(), status(), status(), status()]);
     expect(new Set(revisions).size).toBe(1);
@@ -182,14 +191,8 @@ describe('unary calls against etcd', () => {
   });
 
   it('a connection that stops answering is closed by its keep-alive ping; the next call opens a new one', async () => {
-    const proxy = await Proxy.start(etcd.endpoint);
-    const connection = new UnaryConnection(proxy.endpoint, { ...OPTIONS, keepaliveMs: 100, keepaliveTimeoutMs: 200 });
-    onTestFinished(async () => {
-      connection.close();
-      await proxy.close();
-    });
-    const status = async (): Promise<bigint> =>
-      decodeRangeResponse(await connection.call('/etcdserverpb.KV/Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true }), {}, 5_000)).header.revision;
+    const { proxy, connection } = await proxiedConnection({ ...OPTIONS, keepaliveMs: 100, keepaliveTimeoutMs: 200 });
+    const status = (): Promise<bigint> => revisionOver(connection);
     expect(await status()).toBeGreaterThan(0n);
     expect(await status()).toBeGreaterThan(0n);
     expect(proxy.accepted).toBe(1);
@@ -223,7 +226,7 @@ describe('auth tokens over unary calls', () => {
       await other.call('/etcdserverpb.Auth/Authenticate', encodeStringFields([[1, 'root'], [2, 'pw']]), {}, 5_000),
       2,
     );
-    const status = (): Promise<Buffer> => other.call('/etcdserverpb.KV/Range', encodeRangeRequest({ key: Buffer.from([0]), countOnly: true }), { token }, 5_000);
+    const status = (): Promise<bigint> => revisionOver(other, { token });
     await status();
     // Each use renews a simple token's TTL: look less often than it lasts.
     await waitFor(async () => (await status().then(() => '', (err: Error) => err.message)) === '16 UNAUTHENTICATED: etcdserver: invalid auth token', {
