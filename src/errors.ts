@@ -79,7 +79,7 @@ export class EtcdRequestError extends EtcdSyncError {
   readonly exitCode = 1;
 }
 
-/** gRPC status codes (grpc/doc/statuscodes.md), as grpc-js and etcd-sync's unary calls report them. */
+/** gRPC status codes (grpc/doc/statuscodes.md), as grpc-js reports them. */
 export const GrpcStatus = {
   OK: 0,
   CANCELLED: 1,

@@ -99,7 +99,7 @@ describe('lag probe against etcd', () => {
     const putter = new RawPutter(pair.primary.endpoint);
     try {
       await expect(putter.put(Buffer.alloc(0), Buffer.from('x'))).rejects.toThrow(
-        `raw put of  to ${pair.primary.endpoint}: 3 INVALID_ARGUMENT: etcdserver: key is not provided`,
+        `raw put of  to ${pair.primary.endpoint}: gRPC status 3: etcdserver: key is not provided`,
       );
     } finally {
       putter.close();

@@ -6,7 +6,7 @@
  * 2000 events/s more than on anything else. Here keys and values are views into the reply
  * buffer, revisions are bigints, and a request is sized first and written into one buffer.
  */
-import type { Compare, Header, KeyValue, WriteOp } from './kv.js';
+import type { Compare, Header, KeyValue, WriteOp } from './types.js';
 
 /** grpc-js (de)serializer for a message this module already encoded, or decodes later. */
 export const passThrough = (message: Buffer): Buffer => message;

@@ -1,111 +1,99 @@
 /**
- * The only place that opens connections to etcd. Every call carries etcd-sync's own protobuf
- * codec (codec.ts): unary calls (KV, Lease, Auth) over one HTTP/2 connection per side
- * (unary.ts), and streams (watch, lease keep-alive) each on a grpc-js channel of its own. No
- * client library sits in between: etcd-sync's retry loop, which reads `retryable` on typed
- * errors, is the one that decides, and a watch resumes from the revision etcd-sync applied.
+ * The only place that opens connections to etcd. Every call goes over `@grpc/grpc-js` and
+ * carries etcd-sync's own protobuf codec (codec.ts) as its serializer: unary calls (KV, Lease,
+ * Auth) over one channel per endpoint, and streams (watch, lease keep-alive) each on a channel
+ * of its own. etcd-sync's retry loop, which reads `retryable` on the typed errors, is the one
+ * that decides about retries; a watch resumes from the revision etcd-sync applied.
  */
 import * as grpc from '@grpc/grpc-js';
-import { decodeStringField, encodeStringFields } from './codec.js';
-import { UnaryConnection, type UnaryConnectionOptions } from './unary.js';
+import { decodeStringField, encodeStringFields, passThrough } from './codec.js';
+import type { EtcdSideConfig } from './types.js';
 import { UnreachableError, fromGrpcError } from '../errors.js';
 
-export interface EtcdTls {
-  /** PEM CA bundle to verify the server. */
-  ca?: Buffer;
-  /** PEM client certificate and key for mTLS; both or neither. */
-  cert?: Buffer;
-  key?: Buffer;
-}
+export type { EtcdSideConfig, EtcdTls } from './types.js';
 
-export interface EtcdSideConfig {
-  /** `primary` or `standby`: used in every error and log line. */
-  name: string;
-  /** `http://host:port` or `https://host:port`, not mixed. */
-  endpoints: string[];
-  tls?: EtcdTls;
-  auth?: { username: string; password: string };
-}
-
+/** Transport settings; the defaults are what `run` and every command use, tests change them. */
 export interface ConnectionOptions {
-  /** Deadline of a unary call. Default 30 s. */
-  callTimeoutMs?: number;
-  /** gRPC receive limit; etcd-sync pages by count, so one page may be large. Default 256 MiB. */
-  maxReceiveBytes?: number;
+  /** Deadline of a unary call. */
+  callTimeoutMs: number;
+  /** gRPC receive limit; etcd-sync pages by count, so one page may be large. */
+  maxReceiveBytes: number;
+  /**
+   * A ping this often while calls are open (grpc-js pings no idle connection: etcd's default
+   * enforcement takes pings without a stream for abuse and answers GOAWAY too_many_pings), and
+   * the connection is closed when one is not answered within keepaliveTimeoutMs.
+   */
+  keepaliveMs: number;
+  keepaliveTimeoutMs: number;
 }
 
-export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
-export const DEFAULT_MAX_RECEIVE_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_CONNECTION_OPTIONS: Readonly<ConnectionOptions> = {
+  callTimeoutMs: 30_000,
+  maxReceiveBytes: 256 * 1024 * 1024,
+  // etcd's default enforcement (--grpc-keepalive-min-time) allows a ping every 5 s: stay above it.
+  keepaliveMs: 10_000,
+  keepaliveTimeoutMs: 5_000,
+};
+
 /**
- * HTTP/2 receive window of a connection and of each call on it, unary or stream. HTTP/2's
- * default is 64 KiB: a 4 MiB range page then arrives in 64 window updates, each waiting for the
- * event loop. In paired rounds of a 100k-key initial sync (over grpc-js then), 4 MiB (a page)
- * beat 64 KiB in 3 of 3 (2.6–3.2 s against 3.5–3.9 s), 16 MiB in 6 of 6 and 64 MiB in 2 of 3.
+ * HTTP/2 receive window of a connection and of each call on it. HTTP/2's default is 64 KiB: a
+ * 4 MiB range page then arrives in 64 window updates, each waiting for the event loop
+ * (bench/HISTORY.md, "receive window").
  */
 const RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024;
-/** etcd's default keepalive enforcement allows a ping every 5 s; stay well above it. */
-const KEEPALIVE_MS = 10_000;
-const KEEPALIVE_TIMEOUT_MS = 5_000;
 /** How long a stream token is reused: far below etcd's shortest usual token TTL (--auth-token-ttl, 300 s). */
 const STREAM_TOKEN_REUSE_MS = 10_000;
 
 /** The unary calls etcd-sync makes, as `<service>/<method>` of etcd's rpc.proto. */
-export type UnaryMethod = 'KV/Range' | 'KV/Txn' | 'Lease/LeaseGrant' | 'Lease/LeaseRevoke' | 'Lease/LeaseTimeToLive';
+export type UnaryMethod = 'KV/Range' | 'KV/Txn' | 'Lease/LeaseGrant' | 'Lease/LeaseRevoke' | 'Lease/LeaseTimeToLive' | 'Auth/Authenticate';
 
 function hostOf(endpoint: string): string {
   return endpoint.replace(/^https?:\/\//, '').replace(/\/+$/, '');
 }
 
-/** One side of the pair: a channel for unary calls plus one per stream, with errors typed by side. */
+/** One side of the pair: a channel per endpoint for unary calls plus one per stream, with errors typed by side. */
 export class EtcdSide {
   readonly name: string;
   readonly endpoints: string[];
   private readonly credentials: grpc.ChannelCredentials;
   private readonly channelOptions: grpc.ChannelOptions;
-  private readonly unaryOptions: UnaryConnectionOptions;
   private readonly auth: EtcdSideConfig['auth'];
   private readonly callTimeoutMs: number;
-  private nextEndpoint = 0;
+  private nextStreamEndpoint = 0;
   private readonly streamClients: grpc.Client[] = [];
-  /** The connection unary calls go over, to one endpoint until that endpoint fails. */
-  private unaryConnection: UnaryConnection | undefined;
+  /** Unary calls go to this endpoint until a call finds it unreachable. */
   private unaryEndpoint = 0;
-  /** Connections that authenticate for the stream channels' endpoints. */
-  private readonly authConnections = new Map<string, UnaryConnection>();
+  /** Unary (and authentication) channels by endpoint. */
+  private readonly unaryClients = new Map<string, grpc.Client>();
   /** The auth token per endpoint and when it was asked for: each authenticate costs etcd a bcrypt. */
   private readonly tokens = new Map<string, { token: Promise<string>; at: number }>();
   private readonly closeHooks = new Set<() => void>();
   private closed = false;
 
-  constructor(config: EtcdSideConfig, options: ConnectionOptions = {}) {
+  constructor(config: EtcdSideConfig, options: Partial<ConnectionOptions> = {}) {
+    const o: ConnectionOptions = { ...DEFAULT_CONNECTION_OPTIONS, ...options };
     this.name = config.name;
     this.endpoints = config.endpoints;
     this.auth = config.auth;
-    this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.callTimeoutMs = o.callTimeoutMs;
     const secure = config.endpoints.some((e) => e.startsWith('https://'));
     this.credentials = secure
       ? grpc.credentials.createSsl(config.tls?.ca ?? null, config.tls?.key ?? null, config.tls?.cert ?? null)
       : grpc.credentials.createInsecure();
-    const maxReceiveBytes = options.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES;
-    this.unaryOptions = {
-      ...(secure && config.tls ? { tls: config.tls } : {}),
-      maxReceiveBytes,
-      receiveWindowBytes: RECEIVE_WINDOW_BYTES,
-      keepaliveMs: KEEPALIVE_MS,
-      keepaliveTimeoutMs: KEEPALIVE_TIMEOUT_MS,
-    };
     this.channelOptions = {
-      'grpc.max_receive_message_length': maxReceiveBytes,
+      'grpc.max_receive_message_length': o.maxReceiveBytes,
       'grpc.max_send_message_length': 64 * 1024 * 1024,
-      'grpc.keepalive_time_ms': KEEPALIVE_MS,
-      'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS,
-      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.keepalive_time_ms': o.keepaliveMs,
+      'grpc.keepalive_timeout_ms': o.keepaliveTimeoutMs,
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 5_000,
       'grpc-node.flow_control_window': RECEIVE_WINDOW_BYTES,
-      // Straight to the endpoints, as the unary calls go: grpc-js would otherwise route the
-      // streams through grpc_proxy/https_proxy/http_proxy from the environment.
+      // Straight to the endpoints: grpc-js would otherwise route calls through
+      // grpc_proxy/https_proxy/http_proxy from the environment.
       'grpc.enable_http_proxy': 0,
+      // A channel's own connection: closing one channel (a broken stream, an unreachable
+      // endpoint) must neither drop another's connection nor hand a dead one to the next.
+      'grpc.use_local_subchannel_pool': 1,
     };
   }
 
@@ -116,42 +104,53 @@ export class EtcdSide {
    */
   async unary<T>(what: string, method: UnaryMethod, request: Buffer, decode: (reply: Buffer) => T): Promise<T> {
     for (let attempt = 0; ; attempt++) {
-      const connection = this.currentUnaryConnection();
+      const endpoint = this.endpoints[this.unaryEndpoint % this.endpoints.length] as string;
       try {
-        const headers: Record<string, string> = {};
-        if (this.auth) headers.token = await this.tokenFor(connection.endpoint, Infinity);
-        return decode(await connection.call(`/etcdserverpb.${method}`, request, headers, this.callTimeoutMs));
+        const metadata = new grpc.Metadata();
+        if (this.auth) metadata.set('token', await this.tokenFor(endpoint, Infinity));
+        return await this.call(endpoint, method, request, decode, metadata);
       } catch (err) {
         if (this.auth && attempt === 0 && /invalid auth token/i.test(String((err as Error)?.message))) {
-          this.tokens.delete(connection.endpoint);
+          this.tokens.delete(endpoint);
           continue;
         }
-        const typed = fromGrpcError(err, `${this.name} etcd (${connection.endpoint}) ${what}`);
-        if (typed instanceof UnreachableError && this.unaryConnection === connection) {
-          this.unaryConnection = undefined;
+        const typed = fromGrpcError(err, `${this.name} etcd (${endpoint}) ${what}`);
+        if (typed instanceof UnreachableError && this.endpoints[this.unaryEndpoint % this.endpoints.length] === endpoint) {
           this.unaryEndpoint++;
-          connection.close();
+          this.dropUnaryClient(endpoint);
         }
         throw typed;
       }
     }
   }
 
-  private currentUnaryConnection(): UnaryConnection {
-    if (this.unaryConnection === undefined) {
-      const endpoint = this.endpoints[this.unaryEndpoint % this.endpoints.length] as string;
-      this.unaryConnection = new UnaryConnection(endpoint, this.unaryOptions);
+  private call<T>(endpoint: string, method: UnaryMethod, request: Buffer, decode: (reply: Buffer) => T, metadata: grpc.Metadata): Promise<T> {
+    if (this.closed) return Promise.reject(new UnreachableError(`${this.name} etcd: connection closed`));
+    let client = this.unaryClients.get(endpoint);
+    if (client === undefined) {
+      client = new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions);
+      this.unaryClients.set(endpoint, client);
     }
-    return this.unaryConnection;
+    const deadline = Date.now() + this.callTimeoutMs;
+    return new Promise<T>((resolve, reject) => {
+      (client as grpc.Client).makeUnaryRequest(`/etcdserverpb.${method}`, passThrough, decode, request, metadata, { deadline }, (err, reply) => {
+        if (err) reject(err);
+        else resolve(reply as T);
+      });
+    });
   }
 
-  /** A grpc-js channel of its own for a stream, on the next endpoint, and the metadata (auth token) to open it with. */
+  private dropUnaryClient(endpoint: string): void {
+    this.unaryClients.get(endpoint)?.close();
+    this.unaryClients.delete(endpoint);
+  }
+
+  /** A channel of its own for a stream, on the next endpoint, and the metadata (auth token) to open it with. */
   async streamClient(): Promise<{ client: grpc.Client; metadata: grpc.Metadata; endpoint: string }> {
     if (this.closed) throw new UnreachableError(`${this.name} etcd: connection closed`);
-    const endpoint = this.endpoints[this.nextEndpoint % this.endpoints.length] as string;
-    this.nextEndpoint++;
-    // A private subchannel pool: closing one stream's channel must not drop another's connection.
-    const client = new grpc.Client(hostOf(endpoint), this.credentials, { ...this.channelOptions, 'grpc.use_local_subchannel_pool': 1 });
+    const endpoint = this.endpoints[this.nextStreamEndpoint % this.endpoints.length] as string;
+    this.nextStreamEndpoint++;
+    const client = new grpc.Client(hostOf(endpoint), this.credentials, this.channelOptions);
     this.streamClients.push(client);
     const metadata = new grpc.Metadata();
     // A member without a raft leader cancels the stream instead of stalling it silently.
@@ -199,21 +198,7 @@ export class EtcdSide {
       [1, auth.username],
       [2, auth.password],
     ]);
-    let connection = this.unaryConnection?.endpoint === endpoint ? this.unaryConnection : this.authConnections.get(endpoint);
-    if (connection === undefined) {
-      connection = new UnaryConnection(endpoint, this.unaryOptions);
-      this.authConnections.set(endpoint, connection);
-    }
-    try {
-      return decodeStringField(await connection.call('/etcdserverpb.Auth/Authenticate', request, {}, this.callTimeoutMs), 2);
-    } catch (err) {
-      // A failed authentication does not keep its connection: the next one starts afresh.
-      if (this.authConnections.get(endpoint) === connection) {
-        this.authConnections.delete(endpoint);
-        connection.close();
-      }
-      throw err;
-    }
+    return decodeStringField(await this.call(endpoint, 'Auth/Authenticate', request, passThrough, new grpc.Metadata()), 2);
   }
 
   /** Runs `hook` on close(), before the channels close; returns its removal. */
@@ -226,10 +211,8 @@ export class EtcdSide {
     this.closed = true;
     for (const hook of [...this.closeHooks]) hook();
     this.closeHooks.clear();
-    this.unaryConnection?.close();
-    this.unaryConnection = undefined;
-    for (const connection of this.authConnections.values()) connection.close();
-    this.authConnections.clear();
+    for (const client of this.unaryClients.values()) client.close();
+    this.unaryClients.clear();
     for (const client of this.streamClients.splice(0)) client.close();
   }
 }

@@ -2,32 +2,9 @@
 import { TooLargeError } from '../errors.js';
 import { type NestedTxn, type RangeRequest, type RangeResponse, type TxnOp, decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from './codec.js';
 import type { EtcdSide } from './connection.js';
+import type { Compare, Header, KeyValue, WriteOp } from './types.js';
 
-export interface KeyValue {
-  key: Buffer;
-  value: Buffer;
-  modRevision: bigint;
-  /** Lease ID as etcd prints it (decimal string); `'0'` for none. */
-  lease: string;
-}
-
-export type WriteOp =
-  | { type: 'put'; key: Buffer; value: Buffer; lease?: string }
-  | { type: 'delete'; key: Buffer };
-
-export interface Compare {
-  key: Buffer;
-  /** Enum names as in the rpc.proto that etcd3 ships. */
-  target: 'Value' | 'Version' | 'Mod' | 'Create' | 'Lease';
-  result: 'Equal' | 'NotEqual' | 'Greater' | 'Less';
-  value?: Buffer;
-  version?: bigint;
-}
-
-export interface Header {
-  revision: bigint;
-  clusterId: string;
-}
+export type { Compare, Header, KeyValue, WriteOp } from './types.js';
 
 function range(side: EtcdSide, what: string, request: RangeRequest): Promise<RangeResponse> {
   return side.unary(what, 'KV/Range', encodeRangeRequest(request), decodeRangeResponse);
