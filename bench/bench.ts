@@ -2,7 +2,7 @@
  * `npm run bench [-- --keys N --sync-rounds K --stream M --lag-seconds S --lag-rounds R --lag-rates 1000,2000,4000 --same-writes-floor]`: etcd-sync
  * against the batched-write ceiling and `etcdctl make-mirror` of the same etcd version, on one
  * machine in one run (compare ratios, not absolute times). Prints a markdown table and writes
- * bench/results.json (bench/results-<N>.json for other sizes). Measures, as issue 6 numbers them:
+ * bench/results-<N>.json. Measures, as issue 6 numbers them:
  * 1 the ceiling and 2 the initial sync by etcd-sync, in K alternating rounds (default 3), each
  * into a fresh etcd, and 1b the ceiling again while another process reads the primary (the reads
  * a sync must do, on the same cores); 2 the initial sync by make-mirror; 3 streaming catch-up of M single-key revisions by
@@ -450,7 +450,7 @@ async function main(): Promise<void> {
     ['7 run: peak RSS during the initial sync', `${n.runPeakRssMb} MB`, `the largest of ${SYNC_ROUNDS} rounds`],
   );
   const table = [`| measure (${KEYS} keys x 1 KiB; ${machine}) | value | ratio / note |`, '|---|---|---|', ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n');
-  const file = KEYS === 100_000 ? 'bench/results.json' : `bench/results-${KEYS}.json`;
+  const file = `bench/results-${KEYS}.json`;
   writeFileSync(file, `${JSON.stringify({ ...r, lag, lagRounds, lagCpuRounds, table }, null, 2)}\n`);
   process.stdout.write(`${table}\n`);
 }

@@ -2,8 +2,9 @@
 import { type ChildProcess, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Etcd3 } from 'etcd3';
-import { DEFAULT_MAX_TXN_OPS, type WriteOp, nestOps, txnCapacity } from '../src/etcd/kv.js';
-import { DEFAULT_MAX_TXN_BYTES, OpChunker } from '../src/sync/batch.js';
+import { type WriteOp, nestOps, txnCapacity } from '../src/etcd/kv.js';
+import { WRITE_DEFAULTS } from '../src/cli/options/common.js';
+import { OpChunker } from '../src/sync/batch.js';
 
 /** `--name value` from argv, or the fallback. */
 export function optionValue(name: string, fallback: string): string {
@@ -79,7 +80,7 @@ const CEILING_TXNS_IN_FLIGHT = 16;
 export async function batchedWrite(client: Etcd3, from: number, to: number, value = VALUE): Promise<void> {
   const raw = (op: WriteOp): object => (op.type === 'put' ? { request_put: { key: op.key, value: op.value } } : { request_delete_range: { key: op.key } });
   const chunks = (function* (): Generator<WriteOp[]> {
-    const chunker = new OpChunker({ maxOps: txnCapacity(DEFAULT_MAX_TXN_OPS) - 1, maxBytes: DEFAULT_MAX_TXN_BYTES });
+    const chunker = new OpChunker({ maxOps: txnCapacity(WRITE_DEFAULTS.maxTxnOps) - 1, maxBytes: WRITE_DEFAULTS.maxTxnBytes });
     for (let i = from; i < to; i++) {
       const full = chunker.add({ type: 'put', key: Buffer.from(benchKey(i)), value });
       if (full) yield full;
@@ -89,7 +90,7 @@ export async function batchedWrite(client: Etcd3, from: number, to: number, valu
   })();
   const worker = async (): Promise<void> => {
     for (let chunk = chunks.next(); !chunk.done; chunk = chunks.next()) {
-      const success = nestOps(chunk.value, DEFAULT_MAX_TXN_OPS).map((op) => (op.type === 'txn' ? { request_txn: { success: op.success.map(raw) } } : raw(op)));
+      const success = nestOps(chunk.value, WRITE_DEFAULTS.maxTxnOps).map((op) => (op.type === 'txn' ? { request_txn: { success: op.success.map(raw) } } : raw(op)));
       await client.kv.txn({ compare: [], success, failure: [] } as never);
     }
   };

@@ -4,6 +4,7 @@
  * a sync cannot avoid running beside it on the same machine. Argument: the primary's side config
  * as JSON. Prints `ready` once connected, scans on a line on stdin, then prints `scanned <keys>`.
  */
+import { WRITE_DEFAULTS } from '../src/cli/options/common.js';
 import { once } from 'node:events';
 import { EtcdSide, type EtcdSideConfig } from '../src/etcd/connection.js';
 import { readHeader, scanPages } from '../src/etcd/kv.js';
@@ -16,7 +17,7 @@ async function main(): Promise<void> {
     process.stdout.write('ready\n');
     await once(process.stdin, 'data');
     let keys = 0;
-    const range = { key: Buffer.from('/registry/'), rangeEnd: Buffer.from('/registry0') };
+    const range = { key: Buffer.from('/registry/'), rangeEnd: Buffer.from('/registry0'), pageSize: WRITE_DEFAULTS.pageSize };
     for await (const page of scanPages(side, range, (_what, fn) => fn())) keys += page.length;
     process.stdout.write(`scanned ${keys}\n`);
   } finally {

@@ -1,21 +1,16 @@
 #!/usr/bin/env node
 /**
- * The edge: argv and environment in, one validated config, signals, exit codes.
+ * The edge: argv, environment, terminal and signals in; exit codes out. Everything else is in
+ * src/cli (the command table, the options, the commands).
  *   0 ok / clean shutdown · 1 runtime failure · 2 usage, configuration, TLS or auth error
  */
 import { CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { hostname, userInfo } from 'node:os';
 import { createInterface } from 'node:readline/promises';
-import { runCheck } from '../src/cli/check.js';
-import { checkConfig, controlConfig, mergeConfig, runConfig, verifyConfig } from '../src/cli/config.js';
-import { runControl } from '../src/cli/control.js';
-import { runMerge, runVerify } from '../src/cli/encryption.js';
+import type { CliEdge } from '../src/cli/commands.js';
 import { buildProgram } from '../src/cli/program.js';
-import { runSync } from '../src/cli/run.js';
 import { EtcdSyncError, describeError } from '../src/errors.js';
-import { createLogger } from '../src/log.js';
-import type { SyncProgress } from '../src/sync/engine.js';
 
 // grpc-js sets the TLS servername to the endpoint's IP address, which Node flags with a
 // deprecation warning on every connection; it says nothing an operator can act on.
@@ -50,12 +45,6 @@ function fail(message: string, code: number): never {
 process.on('unhandledRejection', (err) => fail(`internal error: ${describeError(err)}`, 1));
 process.on('uncaughtException', (err) => fail(`internal error: ${describeError(err)}`, 1));
 
-let progressDrawn = false;
-function drawProgress(p: SyncProgress): void {
-  progressDrawn = true;
-  process.stderr.write(`\r\x1b[2Ksync: ${p.scanned} keys compared, ${p.written} written, ${(p.bytesWritten / 1048576).toFixed(1)} MiB, ${p.keysPerSecond} keys/s`);
-}
-
 /** Lists the keys and asks on the terminal; only offered when stdin is one. */
 async function confirmDelete(keys: string[]): Promise<boolean> {
   process.stderr.write(`surplus keys only the standby has (${keys.length}):\n${keys.map((k) => `  ${k}`).join('\n')}\n`);
@@ -67,41 +56,32 @@ async function confirmDelete(keys: string[]): Promise<boolean> {
   }
 }
 
+function osUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env.USER ?? process.env.LOGNAME ?? 'unknown';
+  }
+}
+
 // dist/bin/etcd-sync.js → the package's root, in the repository and in the image (/app) alike.
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
+const edge: CliEdge = {
+  env: process.env,
+  out: (text) => void process.stdout.write(text),
+  err: (text) => void process.stderr.write(text),
+  tty: process.stderr.isTTY === true,
+  ...(process.stdin.isTTY ? { confirm: confirmDelete } : {}),
+  signal: controller.signal,
+  actor: `${osUser()}@${hostname()}`,
+  identity: process.env.POD_NAME || hostname(),
+  version: VERSION,
+};
+
 let exitCode = 0;
-const program = buildProgram(process.env, async ({ name, options }) => {
-  if (name === 'check') {
-    const config = checkConfig(options);
-    const log = createLogger(config.logLevel, { cmd: 'check' }, process.stderr.isTTY);
-    exitCode = await runCheck(config, {
-      log,
-      out: (text) => process.stdout.write(text),
-      ...(process.stdin.isTTY ? { confirm: confirmDelete } : {}),
-    });
-  }
-  if (name === 'encryption merge' || name === 'encryption verify') {
-    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name }, process.stderr.isTTY);
-    const io = { log, out: (text: string) => process.stdout.write(text), warn: (line: string) => process.stderr.write(`etcd-sync: ${line}\n`) };
-    exitCode = name === 'encryption merge' ? await runMerge(mergeConfig(options), io) : await runVerify(verifyConfig(options), io);
-  }
-  if (name === 'pause' || name === 'resume' || name === 'promote' || name === 'unfence' || name === 'status') {
-    const log = createLogger(String(options.logLevel ?? 'warn'), { cmd: name }, process.stderr.isTTY);
-    exitCode = await runControl(controlConfig(name, options), { log, out: (text) => process.stdout.write(text), actor: `${process.env.USER ?? 'unknown'}@${hostname()}` });
-  }
-  if (name === 'run') {
-    // The Pod name (Downward API) or the hostname, unless --identity says otherwise.
-    const config = runConfig({ identity: process.env.POD_NAME || hostname(), version: VERSION, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) });
-    const log = createLogger(config.logLevel, { cmd: 'run' }, process.stderr.isTTY);
-    process.once('SIGTERM', () => log.info('SIGTERM: finishing the transaction in flight'));
-    process.once('SIGINT', () => log.info('SIGINT: finishing the transaction in flight'));
-    const endProgressLine = (): void => {
-      if (progressDrawn) process.stderr.write('\n');
-      progressDrawn = false;
-    };
-    await runSync(config, log, controller.signal, process.stderr.isTTY ? { onProgress: drawProgress, onState: endProgressLine } : {});
-  }
+const program = buildProgram(process.env, async ({ command, options }) => {
+  exitCode = await command.run(options, edge);
 }, VERSION);
 
 try {

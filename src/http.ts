@@ -4,8 +4,6 @@ import type { Logger } from 'pino';
 import { ConfigError, describeError } from './errors.js';
 import type { Registry } from 'prom-client';
 
-export const DEFAULT_HTTP_ADDRESS = '0.0.0.0:9479';
-
 export interface HttpHandlers {
   registry: Registry;
   ready(): boolean;

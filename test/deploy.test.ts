@@ -5,9 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { parseEndpoints, scopeConfig } from '../src/cli/config.js';
+import { parseEndpoints, scopeConfig } from '../src/cli/options/common.js';
+import { RUN_DEFAULTS } from '../src/cli/options/run.js';
 import { buildProgram } from '../src/cli/program.js';
-import { DEFAULT_HTTP_ADDRESS } from '../src/http.js';
 import { SyncMetrics } from '../src/metrics.js';
 import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS } from '../bench/load.js';
 
@@ -69,11 +69,11 @@ describe('deploy/', () => {
     }
     expect(names).toEqual(['run', 'check']);
     const run = await parse(containers[0]!.args, env);
-    expect(run.options).toMatchObject({ checkInterval: 600_000, leaseTtl: 15, logLevel: 'info', httpAddress: DEFAULT_HTTP_ADDRESS });
+    expect(run.options).toMatchObject({ checkInterval: 600_000, leaseTtl: 15, logLevel: 'info', httpAddress: RUN_DEFAULTS.httpAddress });
     // The probes and the Service point at what the server serves.
     const probes = deployment.spec.template.spec.containers[0];
     expect([probes.livenessProbe.httpGet.path, probes.readinessProbe.httpGet.path]).toEqual(['/healthz', '/readyz']);
-    expect(probes.ports).toEqual([{ name: 'http', containerPort: Number(DEFAULT_HTTP_ADDRESS.split(':')[1]) }]);
+    expect(probes.ports).toEqual([{ name: 'http', containerPort: Number(RUN_DEFAULTS.httpAddress.split(':')[1]) }]);
     // A drifted flag is caught: the same parse with an unknown flag fails.
     await expect(parse([...containers[0]!.args, '--no-such-flag'], env)).rejects.toThrow("unknown option '--no-such-flag'");
   });

@@ -1,4 +1,5 @@
 /** Audits while the primary is written, self-healing behind a running sync, and the periodic check. */
+import { WRITE_DEFAULTS } from '../src/cli/options/common.js';
 import type { Etcd3 } from 'etcd3';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdSide } from '../src/etcd/connection.js';
@@ -41,6 +42,7 @@ describe('audits under writes, self-healing, periodic check', () => {
       return await audit(ps, ss, {
         scope: new Scope(defaultScopeRules()),
         checkpointKey: Buffer.from(checkpointKey),
+        pageSize: WRITE_DEFAULTS.pageSize,
         settleMs,
         retry: (what, fn) => withRetry(what, fn, { log: quietLog }),
       });
@@ -272,8 +274,8 @@ describe('audits under writes, self-healing, periodic check', () => {
     const ss = new EtcdSide(standby.sideConfig('standby'));
     const leases = new LeaseMapper(ps, ss, leaseKeyPrefix(Buffer.from('/etcd-sync/checkpoint')), quietLog);
     try {
-      const writer = new StandbyWriter(ss, leases, quietLog, () => new AbortController().signal);
-      const repaired = await repair(ps, ss, writer, repairPlan(report, false), (what, fn) => withRetry(what, fn, { log: quietLog }));
+      const writer = new StandbyWriter(ss, leases, quietLog, () => new AbortController().signal, WRITE_DEFAULTS.maxTxnOps);
+      const repaired = await repair(ps, ss, writer, repairPlan(report, false), (what, fn) => withRetry(what, fn, { log: quietLog }), WRITE_DEFAULTS.maxTxnBytes);
       expect(repaired).toEqual({ put: 1, deleted: 0 });
     } finally {
       leases.stop();

@@ -7,9 +7,9 @@ import { type CheckReport, formatText, keyText, toJson } from '../diff/report.js
 import { Scope } from '../scope.js';
 import { audit, repair, repairPlan } from '../sync/audit.js';
 import { LeaseMapper, leaseKeyPrefix } from '../sync/leases.js';
-import { withRetry } from '../sync/retry.js';
+import { ONE_SHOT_RETRY, retrier } from '../sync/retry.js';
 import { StandbyWriter } from '../sync/writer.js';
-import type { CheckConfig } from './config.js';
+import type { CheckConfig } from './options/check.js';
 
 export interface CheckIo {
   log: Logger;
@@ -18,9 +18,6 @@ export interface CheckIo {
   confirm?: (keys: string[]) => Promise<boolean>;
 }
 
-/** A one-shot command gives up on an unreachable etcd after a few tries. */
-const CHECK_ATTEMPTS = 4;
-
 export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number> {
   if (config.prune && !config.yes && !config.dryRun && !io.confirm) {
     throw new ConfigError('--prune deletes keys: add --yes, or run from a terminal to confirm them');
@@ -28,8 +25,7 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
   const primary = new EtcdSide(config.primary);
   const standby = new EtcdSide(config.standby);
   const controller = new AbortController();
-  const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> =>
-    withRetry(what, fn, { log: io.log, signal: controller.signal, maxAttempts: CHECK_ATTEMPTS, maxDelayMs: 2_000 });
+  const retry = retrier({ log: io.log, signal: controller.signal, ...ONE_SHOT_RETRY });
   const scope = new Scope(config.scope);
   const leases = new LeaseMapper(primary, standby, leaseKeyPrefix(config.checkpointKey), io.log);
   try {
@@ -51,7 +47,7 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
         }
       }
       await retry('load lease mappings', () => leases.load());
-      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal, {}, config.maxTxnOps);
+      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal, config.maxTxnOps);
       const repaired = await repair(primary, standby, writer, plan, retry, config.maxTxnBytes);
       io.log.info(repaired, 'repaired');
       report = { ...(await audit(primary, standby, auditOptions)), repaired };

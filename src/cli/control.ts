@@ -1,22 +1,15 @@
 /** `etcd-sync pause | resume | promote | unfence | status`: one audited toggle in the standby etcd for all replicas. */
 import type { Logger } from 'pino';
 import { ConfigError, EtcdSyncError, describeError } from '../errors.js';
-import { EtcdSide, type EtcdSideConfig } from '../etcd/connection.js';
+import { EtcdSide } from '../etcd/connection.js';
 import { readHeader, readKey, txn } from '../etcd/kv.js';
-import { Scope, type ScopeRules } from '../scope.js';
+import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
-import { withRetry } from '../sync/retry.js';
+import { ONE_SHOT_RETRY, type Retry, retrier } from '../sync/retry.js';
+import { readCheckpoint } from '../sync/checkpoint.js';
 import { controlKeys, readControl } from '../sync/supervisor.js';
 
-export interface ControlConfig {
-  command: 'pause' | 'resume' | 'promote' | 'unfence' | 'status';
-  standby: EtcdSideConfig;
-  primary?: EtcdSideConfig;
-  checkpointKey: Buffer;
-  scope: ScopeRules;
-  force: boolean;
-  output: 'text' | 'json';
-}
+import type { ControlConfig } from './options/control.js';
 
 export interface ControlIo {
   log: Logger;
@@ -29,7 +22,7 @@ export async function runControl(config: ControlConfig, io: ControlIo): Promise<
   const standby = new EtcdSide(config.standby);
   const primary = config.primary ? new EtcdSide(config.primary) : undefined;
   const keys = controlKeys(config.checkpointKey);
-  const retry = <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log: io.log, maxAttempts: 4, maxDelayMs: 2_000 });
+  const retry = retrier({ log: io.log, ...ONE_SHOT_RETRY });
   const stamp = (what: string): Buffer => Buffer.from(JSON.stringify({ by: io.actor, at: new Date().toISOString(), what }));
   try {
     switch (config.command) {
@@ -61,16 +54,8 @@ export async function runControl(config: ControlConfig, io: ControlIo): Promise<
   }
 }
 
-type Retry = <T>(what: string, fn: () => Promise<T>) => Promise<T>;
-
 async function readCheckpointRevision(standby: EtcdSide, key: Buffer): Promise<bigint | undefined> {
-  const kv = await readKey(standby, key);
-  if (!kv) return undefined;
-  try {
-    return BigInt((JSON.parse(kv.value.toString()) as { revision: string }).revision);
-  } catch {
-    return undefined;
-  }
+  return (await readCheckpoint(standby, key)).checkpoint?.revision;
 }
 
 async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, primary: EtcdSide | undefined, retry: Retry, stamp: (what: string) => Buffer): Promise<number> {
@@ -83,7 +68,8 @@ async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, 
     gap = 'unknown (no primary given)';
   } else {
     try {
-      const report = await audit(primary, standby, { scope: new Scope(config.scope), checkpointKey: config.checkpointKey, retry });
+      if (!config.scope) throw new ConfigError('promote needs the scope of the final check');
+      const report = await audit(primary, standby, { scope: new Scope(config.scope), checkpointKey: config.checkpointKey, pageSize: config.pageSize, settleMs: config.settleMs, retry });
       const counts = `missing ${report.findings.missing.length}, surplus ${report.findings.surplus.length}, different ${report.findings.different.length}`;
       if (!report.consistent && !config.force) {
         io.out(`promote: refused: the final check found the standby inconsistent (${counts}); run etcd-sync check --repair, or use --force\n`);

@@ -2,13 +2,14 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { ConfigError, EtcdSyncError, describeError } from '../errors.js';
-import { EtcdSide, type EtcdSideConfig } from '../etcd/connection.js';
-import { DEFAULT_PAGE_SIZE, scanPages } from '../etcd/kv.js';
+import { EtcdSide } from '../etcd/connection.js';
+import { scanPages } from '../etcd/kv.js';
 import { type EncryptionConfig, parseEncryptionConfig } from '../encryption/config.js';
 import { mergeConfigs, mergedYaml } from '../encryption/merge.js';
 import { EncryptionVerifier, allReadable, formatVerifyText, verifyJson, verifySide } from '../encryption/verify.js';
 import { prefixEnd } from '../scope.js';
-import { withRetry } from '../sync/retry.js';
+import { ONE_SHOT_RETRY, retrier } from '../sync/retry.js';
+import type { MergeConfig, VerifyConfig } from './options/encryption.js';
 
 export interface CliIo {
   log: Logger;
@@ -26,19 +27,8 @@ export function readEncryptionConfig(flag: string, file: string): EncryptionConf
   return parseEncryptionConfig(text, file);
 }
 
-const ONE_SHOT_ATTEMPTS = 4;
-function oneShotRetry(log: Logger) {
-  return <T>(what: string, fn: () => Promise<T>): Promise<T> => withRetry(what, fn, { log, maxAttempts: ONE_SHOT_ATTEMPTS, maxDelayMs: 2_000 });
-}
+const oneShotRetry = (log: Logger) => retrier({ log, ...ONE_SHOT_RETRY });
 
-export interface MergeConfig {
-  primaryFile: string;
-  standbyFile: string;
-  outputFile?: string;
-  /** With it, warn when a rename strands values the standby holds under the old name. */
-  standby?: EtcdSideConfig;
-  keyPrefix: Buffer;
-}
 
 export async function runMerge(config: MergeConfig, io: CliIo): Promise<number> {
   const primary = readEncryptionConfig('--primary', config.primaryFile);
@@ -53,7 +43,7 @@ export async function runMerge(config: MergeConfig, io: CliIo): Promise<number> 
     try {
       const stranded = new Map<string, number>();
       const prefixes = result.renames.map((r) => ({ r, prefix: Buffer.from(`k8s:enc:${r.type}:v1:${r.from}:`) }));
-      const range = { key: config.keyPrefix, rangeEnd: prefixEnd(config.keyPrefix), pageSize: DEFAULT_PAGE_SIZE };
+      const range = { key: config.keyPrefix, rangeEnd: prefixEnd(config.keyPrefix), pageSize: config.pageSize };
       for await (const page of scanPages(side, range, oneShotRetry(io.log))) {
         for (const kv of page) {
           for (const { r, prefix } of prefixes) {
@@ -79,21 +69,13 @@ export async function runMerge(config: MergeConfig, io: CliIo): Promise<number> 
   return 0;
 }
 
-export interface VerifyConfig {
-  configFile: string;
-  side: EtcdSideConfig;
-  keyPrefix: Buffer;
-  output: 'text' | 'json';
-  limit: number;
-  pageSize: number;
-}
 
 export async function runVerify(config: VerifyConfig, io: CliIo): Promise<number> {
   const encryption = readEncryptionConfig('--config', config.configFile);
   const side = new EtcdSide(config.side);
   try {
     const verifier = new EncryptionVerifier(encryption, config.keyPrefix);
-    const report = await verifySide(side, verifier, config.keyPrefix, oneShotRetry(io.log), config.pageSize ?? DEFAULT_PAGE_SIZE);
+    const report = await verifySide(side, verifier, config.keyPrefix, oneShotRetry(io.log), config.pageSize);
     io.out(config.output === 'json' ? `${JSON.stringify(verifyJson(report))}\n` : formatVerifyText(report, config.limit));
     return allReadable(report) ? 0 : 1;
   } catch (err) {

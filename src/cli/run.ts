@@ -8,9 +8,10 @@ import { SyncMetrics } from '../metrics.js';
 import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
 import { SyncEngine, type SyncHooks } from '../sync/engine.js';
-import { withRetry } from '../sync/retry.js';
+import { retrier } from '../sync/retry.js';
 import { Supervisor, controlKeys } from '../sync/supervisor.js';
-import type { RunConfig } from './config.js';
+import { CHECK_DEFAULTS } from './options/check.js';
+import { type RunConfig, SYNC_TUNING, syncOptions } from './options/run.js';
 import { readEncryptionConfig } from './encryption.js';
 
 export async function runSync(config: RunConfig, log: Logger, signal: AbortSignal, hooks: SyncHooks = {}): Promise<void> {
@@ -31,22 +32,13 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
   });
   supervisor = new Supervisor(
     standby,
-    { identity: config.identity, keys: controlKeys(config.checkpointKey), leaseTtlSeconds: config.leaseTtlSeconds },
+    { identity: config.identity, keys: controlKeys(config.checkpointKey), leaseTtlSeconds: config.leaseTtlSeconds, pollMs: SYNC_TUNING.controlPollMs },
     (fence) =>
       new SyncEngine(
         primary,
         standby,
         {
-          scope,
-          checkpointKey: config.checkpointKey,
-          maxTxnOps: config.maxTxnOps,
-          maxTxnBytes: config.maxTxnBytes,
-          writeConcurrency: config.writeConcurrency,
-          pageSize: config.pageSize,
-          prune: config.prune,
-          checkIntervalMs: config.checkIntervalMs,
-          healDelayMs: config.healDelayMs,
-          streamTxnsInFlight: config.streamTxnsInFlight,
+          ...syncOptions(config, scope),
           writerHooks: {
             fence,
             ...(monitor ? { onPut: (key: Buffer, value: Buffer) => monitor.check(key, value) } : {}),
@@ -63,7 +55,8 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
       scope,
       checkpointKey: config.checkpointKey,
       pageSize: config.pageSize,
-      retry: (what, fn) => withRetry(what, fn, { log, signal, maxAttempts: 4 }),
+      settleMs: CHECK_DEFAULTS.settleMs,
+      retry: retrier({ log, signal, maxAttempts: 4 }),
       signal,
     });
   log.info({ version: config.version, identity: config.identity }, 'starting');

@@ -1,7 +1,7 @@
 /** `etcd-sync encryption verify` and the check of each encrypted value `run` writes. */
 import type { Logger } from 'pino';
 import type { EtcdSide } from '../etcd/connection.js';
-import { DEFAULT_PAGE_SIZE, scanPages } from '../etcd/kv.js';
+import { scanPages } from '../etcd/kv.js';
 import { keyText } from '../diff/report.js';
 import { parseKubernetesKey, prefixEnd, startsWith } from '../scope.js';
 import type { EncryptionConfig } from './config.js';
@@ -60,7 +60,7 @@ export async function verifySide(
   verifier: EncryptionVerifier,
   keyPrefix: Buffer,
   retry: <T>(what: string, fn: () => Promise<T>) => Promise<T>,
-  pageSize = DEFAULT_PAGE_SIZE,
+  pageSize: number,
 ): Promise<VerifyReport> {
   const report: VerifyReport = { scanned: 0, encrypted: 0, total: emptyTally(), byKeyName: {}, byResource: {}, unreadable: [], unknownKey: [] };
   for await (const page of scanPages(side, { key: keyPrefix, rangeEnd: prefixEnd(keyPrefix), pageSize }, retry)) {

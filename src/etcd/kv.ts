@@ -32,21 +32,15 @@ export async function rangePage(
   return range(side, `range at revision ${request.revision ?? 'latest'}`, request);
 }
 
-/** Most keys in one range page. */
-export const DEFAULT_PAGE_SIZE = 50_000;
 /** Keys of the first page, before the value sizes are known. */
 const FIRST_PAGE_SIZE = 1000;
 /**
  * Payload (keys + values) a page aims at once the first page has shown the average size. A scan
  * holds two pages a side, while V8 frees dropped Buffers only some 64 MB of external memory
- * later. Measured when grpc-js received the pages (it kept the HTTP/2 chunks, then joined them:
- * each page twice over): a 1M-key check peaked at 198–247 MB RSS with 8 MiB pages (9 runs),
- * 139–180 MB with 4 MiB (7) and 156–163 MB with 2 MiB (6); 2 MiB made the 100k initial sync
- * slower, 4 MiB did not.
+ * later: larger pages raised a 1M-key check's peak RSS, smaller ones slowed the initial sync
+ * (bench/HISTORY.md, "page bytes").
  */
-export const DEFAULT_PAGE_BYTES = 4 * 1024 * 1024;
-/** DEFAULT_PAGE_BYTES for help texts. */
-export const DEFAULT_PAGE_MIB = DEFAULT_PAGE_BYTES / (1024 * 1024);
+export const PAGE_BYTES = 4 * 1024 * 1024;
 
 /**
  * Keys to ask for in each page: about `pageBytes` of payload, at most `maxKeys`. The size
@@ -198,11 +192,11 @@ export class ScanPlan {
  */
 export async function* scanPages(
   side: EtcdSide,
-  request: { key: Buffer; rangeEnd: Buffer; revision?: bigint; pageSize?: number; pageBytes?: number; signal?: AbortSignal },
+  request: { key: Buffer; rangeEnd: Buffer; revision?: bigint; pageSize: number; pageBytes?: number; signal?: AbortSignal },
   retry: <T>(what: string, fn: () => Promise<T>) => Promise<T>,
 ): AsyncGenerator<KeyValue[]> {
-  const maxKeys = request.pageSize ?? DEFAULT_PAGE_SIZE;
-  const pageBytes = request.pageBytes ?? DEFAULT_PAGE_BYTES;
+  const maxKeys = request.pageSize;
+  const pageBytes = request.pageBytes ?? PAGE_BYTES;
   const pages = new PageSizer(pageBytes, maxKeys);
   const fetchPage = async (key: Buffer, rangeEnd: Buffer): Promise<RangePage> => {
     for (;;) {
@@ -233,8 +227,6 @@ export async function* scanPages(
   }
 }
 
-/** etcd's default --max-txn-ops. */
-export const DEFAULT_MAX_TXN_OPS = 128;
 
 /**
  * etcd checks --max-txn-ops per level of nesting: a txn's ops (or compares) plus those of any
@@ -265,10 +257,11 @@ export function nestOps(ops: readonly WriteOp[], maxTxnOps: number, compareCount
 }
 
 /**
- * One transaction, nested when it has more ops than `maxTxnOps` (see txnCapacity). Returns
+ * One transaction, nested when it has more ops than `maxTxnOps` (see txnCapacity); without a
+ * limit it is sent flat (etcd-sync's few-op control txns: --max-txn-ops is at least 3). Returns
  * whether the compares held (and so whether the ops ran).
  */
-export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = [], maxTxnOps = DEFAULT_MAX_TXN_OPS): Promise<{ succeeded: boolean; header: Header }> {
+export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = [], maxTxnOps = Math.max(ops.length, compares.length)): Promise<{ succeeded: boolean; header: Header }> {
   const res = await side.unary(`txn of ${ops.length} ops`, 'KV/Txn', encodeTxnRequest(compares, nestOps(ops, maxTxnOps, compares.length)), decodeTxnResponse);
   return { succeeded: res.succeeded, header: res.header };
 }

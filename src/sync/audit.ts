@@ -4,23 +4,21 @@
  */
 import { CompactedError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { DEFAULT_PAGE_SIZE, type KeyValue, type WriteOp, getMany, rangePage, readHeader, scanPages } from '../etcd/kv.js';
+import { type KeyValue, type WriteOp, getMany, readHeader, scanPages } from '../etcd/kv.js';
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
 import { type CheckReport, FINDING_KINDS, type FindingKind, isConsistent } from '../diff/report.js';
 import type { Scope } from '../scope.js';
-import { DEFAULT_MAX_TXN_BYTES } from './batch.js';
-import { delay } from './retry.js';
+import { readCheckpoint } from './checkpoint.js';
+import { type Retry, delay } from './retry.js';
 import type { StandbyWriter } from './writer.js';
-
-export const DEFAULT_SETTLE_MS = 2_000;
 
 export interface AuditOptions {
   scope: Scope;
   checkpointKey: Buffer;
-  pageSize?: number;
-  /** Latest-vs-latest mode waits this long, then re-checks each finding. Default 2 s. */
-  settleMs?: number;
-  retry: <T>(what: string, fn: () => Promise<T>) => Promise<T>;
+  pageSize: number;
+  /** Latest-vs-latest mode waits this long, then re-checks each finding. */
+  settleMs: number;
+  retry: Retry;
   signal?: AbortSignal;
 }
 
@@ -37,7 +35,7 @@ async function compareAt(
   standbyRevision: bigint,
   options: AuditOptions,
 ): Promise<{ findings: Findings; inScope: number }> {
-  const range = { key: options.scope.keyPrefix, rangeEnd: options.scope.rangeEnd, pageSize: options.pageSize ?? DEFAULT_PAGE_SIZE };
+  const range = { key: options.scope.keyPrefix, rangeEnd: options.scope.rangeEnd, pageSize: options.pageSize };
   const inScope = (kv: KeyValue): boolean => options.scope.inScope(kv.key);
   const primaryPages = filterPages(scanPages(primary, { ...range, revision: primaryRevision }, options.retry), inScope);
   const standbyPages = filterPages(scanPages(standby, { ...range, revision: standbyRevision }, options.retry), inScope);
@@ -75,19 +73,6 @@ async function recheck(primary: EtcdSide, standby: EtcdSide, findings: Findings,
   return out;
 }
 
-/** The standby's checkpoint and the standby revision at which it was read. */
-async function readCheckpointWithRevision(standby: EtcdSide, checkpointKey: Buffer): Promise<{ revision: bigint; clusterId: string; standbyRevision: bigint } | undefined> {
-  const page = await rangePage(standby, { key: checkpointKey, rangeEnd: Buffer.concat([checkpointKey, Buffer.from([0])]), limit: 1 });
-  const kv = page.kvs[0];
-  if (!kv) return undefined;
-  try {
-    const parsed = JSON.parse(kv.value.toString()) as { revision: string; primaryClusterId: string };
-    return { revision: BigInt(parsed.revision), clusterId: String(parsed.primaryClusterId), standbyRevision: page.header.revision };
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * Compares the in-scope keys of both sides. Exact when the standby's checkpoint C is still in
  * the primary's history: every txn of etcd-sync carries the checkpoint, so the standby at the
@@ -96,17 +81,18 @@ async function readCheckpointWithRevision(standby: EtcdSide, checkpointKey: Buff
  * that were only in flight drop out.
  */
 export async function audit(primary: EtcdSide, standby: EtcdSide, options: AuditOptions): Promise<CheckReport> {
-  const [checkpoint, primaryHeader] = await Promise.all([
-    options.retry('read checkpoint', () => readCheckpointWithRevision(standby, options.checkpointKey)),
+  const [stored, primaryHeader] = await Promise.all([
+    options.retry('read checkpoint', () => readCheckpoint(standby, options.checkpointKey)),
     options.retry('read primary revision', () => readHeader(primary)),
   ]);
-  if (checkpoint && checkpoint.clusterId === primaryHeader.clusterId && checkpoint.revision <= primaryHeader.revision) {
+  const checkpoint = stored.checkpoint;
+  if (checkpoint && checkpoint.primaryClusterId === primaryHeader.clusterId && checkpoint.revision <= primaryHeader.revision) {
     try {
-      const { findings, inScope } = await compareAt(primary, standby, checkpoint.revision, checkpoint.standbyRevision, options);
+      const { findings, inScope } = await compareAt(primary, standby, checkpoint.revision, stored.standbyRevision, options);
       return {
         consistent: isConsistent(findings),
         primaryRevision: checkpoint.revision,
-        standbyRevision: checkpoint.standbyRevision,
+        standbyRevision: stored.standbyRevision,
         mode: 'checkpoint',
         inScope,
         findings,
@@ -120,7 +106,7 @@ export async function audit(primary: EtcdSide, standby: EtcdSide, options: Audit
   const first = await compareAt(primary, standby, primaryHeader.revision, standbyHeader.revision, options);
   let findings = first.findings;
   if (!isConsistent(findings)) {
-    await delay(options.settleMs ?? DEFAULT_SETTLE_MS, options.signal);
+    await delay(options.settleMs, options.signal);
     findings = await recheck(primary, standby, findings, options);
   }
   return {
@@ -170,7 +156,7 @@ export async function repair(
   writer: StandbyWriter,
   plan: RepairPlan,
   retry: AuditOptions['retry'],
-  maxTxnBytes = DEFAULT_MAX_TXN_BYTES,
+  maxTxnBytes: number,
 ): Promise<{ put: number; deleted: number }> {
   const standbyRevision = plan.standbyRevision ?? (await retry('read standby revision', () => readHeader(standby))).revision;
   /** Reads the keys' primary versions a step at a time and writes the ops built from them; returns how many were written. */

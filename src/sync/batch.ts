@@ -12,10 +12,6 @@ export interface BatchLimits {
   maxBytes: number;
 }
 
-export { DEFAULT_MAX_TXN_OPS } from '../etcd/kv.js';
-/** About 1 MiB of payload, under etcd's 1.5 MiB request limit with room for overhead. */
-export const DEFAULT_MAX_TXN_BYTES = 1024 * 1024;
-
 export function opBytes(op: WriteOp): number {
   return op.key.length + (op.type === 'put' ? op.value.length : 0) + 16;
 }

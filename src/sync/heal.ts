@@ -20,8 +20,8 @@ export interface HealOptions {
   maxDelayMs?: number;
   /** A key not restored for this long starts again from delayMs. Default 10 min. */
   forgetAfterMs?: number;
-  /** Approximate payload bytes per restoring txn. Default DEFAULT_MAX_TXN_BYTES (--max-txn-bytes). */
-  maxTxnBytes?: number;
+  /** Approximate payload bytes per restoring txn (--max-txn-bytes). */
+  maxTxnBytes: number;
 }
 
 /** Past this many keys with heal state, quiet ones are forgotten. */

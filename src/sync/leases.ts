@@ -40,7 +40,8 @@ export class LeaseMapper {
 
   /** Loads the mappings of leases still alive on the standby. */
   async load(): Promise<void> {
-    const range = { key: this.keyPrefix, rangeEnd: prefixEnd(this.keyPrefix) };
+    // A mapping is a few dozen bytes: pages of up to 10,000 keys stay well under a page's bytes.
+    const range = { key: this.keyPrefix, rangeEnd: prefixEnd(this.keyPrefix), pageSize: 10_000 };
     for await (const page of scanPages(this.standby, range, (_what, read) => read())) {
       for (const kv of page) {
         const primaryId = kv.key.subarray(this.keyPrefix.length).toString();

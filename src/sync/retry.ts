@@ -59,3 +59,13 @@ export async function withRetry<T>(what: string, fn: () => Promise<T>, options: 
     }
   }
 }
+
+/** A retry bound to its options: what every module that reads etcd is handed. */
+export type Retry = <T>(what: string, fn: () => Promise<T>) => Promise<T>;
+
+export function retrier(options: RetryOptions): Retry {
+  return (what, fn) => withRetry(what, fn, options);
+}
+
+/** A one-shot command (check, the control commands, encryption) gives up on an unreachable etcd after a few tries. */
+export const ONE_SHOT_RETRY = { maxAttempts: 4, maxDelayMs: 2_000 } as const;

@@ -11,11 +11,9 @@ import { FencedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
 import { type Compare, readKey, txn } from '../etcd/kv.js';
 import { leaseGrant, leaseKeepAliveOnce, leaseRevoke } from '../etcd/lease.js';
-import { AbortedError, delay, withRetry } from './retry.js';
+import { AbortedError, delay, retrier } from './retry.js';
 import type { SyncEngine } from './engine.js';
 import type { Fence } from './writer.js';
-
-export const DEFAULT_LEASE_TTL_SECONDS = 15;
 
 export interface ControlKeys {
   leader: Buffer;
@@ -45,10 +43,10 @@ export async function readControl(standby: EtcdSide, keys: ControlKeys): Promise
 export interface SupervisorOptions {
   identity: string;
   keys: ControlKeys;
-  /** Lease TTL in seconds; a dead leader is replaced within it. Default 15. */
-  leaseTtlSeconds?: number;
-  /** How often followers look for a free leadership and the leader for pause/fence. Default 1 s. */
-  pollMs?: number;
+  /** Lease TTL in seconds; a dead leader is replaced within it. */
+  leaseTtlSeconds: number;
+  /** How often followers look for a free leadership and the leader for pause/fence. */
+  pollMs: number;
 }
 
 export class Supervisor {
@@ -71,12 +69,12 @@ export class Supervisor {
     private readonly newEngine: (fence: Fence) => SyncEngine,
     private readonly log: Logger,
   ) {
-    this.ttl = options.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
-    this.pollMs = options.pollMs ?? 1_000;
+    this.ttl = options.leaseTtlSeconds;
+    this.pollMs = options.pollMs;
   }
 
   private retry<T>(what: string, fn: () => Promise<T>, signal: AbortSignal): Promise<T> {
-    return withRetry(what, fn, { log: this.log, signal, maxDelayMs: 2_000 });
+    return retrier({ log: this.log, signal, maxDelayMs: 2_000 })(what, fn);
   }
 
   async run(signal: AbortSignal): Promise<void> {

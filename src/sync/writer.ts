@@ -5,8 +5,8 @@
  */
 import type { Logger } from 'pino';
 import type { EtcdSide } from '../etcd/connection.js';
-import { type Compare, DEFAULT_MAX_TXN_OPS, type WriteOp, txn, txnCapacity } from '../etcd/kv.js';
-import { DEFAULT_MAX_TXN_BYTES, OpChunker } from './batch.js';
+import { type Compare, type WriteOp, txn, txnCapacity } from '../etcd/kv.js';
+import { OpChunker } from './batch.js';
 import type { LeaseMapper } from './leases.js';
 import { withRetry } from './retry.js';
 
@@ -38,9 +38,9 @@ export class StandbyWriter {
     private readonly leases: LeaseMapper,
     private readonly log: Logger,
     private readonly signal: () => AbortSignal,
-    private readonly hooks: WriterHooks = {},
     /** The standby etcd's --max-txn-ops: the limit per level of a txn (see txnCapacity). */
-    private readonly maxTxnOps = DEFAULT_MAX_TXN_OPS,
+    private readonly maxTxnOps: number,
+    private readonly hooks: WriterHooks = {},
   ) {}
 
   /** Ops one txn holds, checkpoint included (nested, see txnCapacity). */
@@ -92,7 +92,7 @@ export class StandbyWriter {
    * copy changed since, by the stream or anyone, is newer and left alone), in txns as large as
    * the per-key guards allow; a txn whose guard fails is redone key by key. Returns the ops written.
    */
-  async writeUnchangedSince(ops: readonly WriteOp[], standbyRevision: bigint, maxTxnBytes = DEFAULT_MAX_TXN_BYTES): Promise<WriteOp[]> {
+  async writeUnchangedSince(ops: readonly WriteOp[], standbyRevision: bigint, maxTxnBytes: number): Promise<WriteOp[]> {
     const unchanged = (key: Buffer): Compare => ({ key, target: 'Mod', result: 'Less', version: standbyRevision + 1n });
     const written: WriteOp[] = [];
     const guarded = async (chunk: WriteOp[]): Promise<void> => {

@@ -7,6 +7,8 @@ import pino from 'pino';
 import { EtcdSide } from '../../src/etcd/connection.js';
 import { Scope, defaultScopeRules, prefixEnd } from '../../src/scope.js';
 import { SyncEngine, type SyncOptions } from '../../src/sync/engine.js';
+import { buildProgram } from '../../src/cli/program.js';
+import { type RunConfig, runConfig, syncOptions } from '../../src/cli/options/run.js';
 import type { EtcdServer } from './etcd.js';
 import { waitFor } from './wait.js';
 
@@ -62,15 +64,26 @@ export interface RunningEngine {
   stop(): Promise<void>;
 }
 
+/** `etcd-sync run`'s config for these two etcds with `args`, through the CLI's own parser: the defaults exactly as the CLI applies them. */
+export function parseRunConfig(primary: EtcdServer, standby: EtcdServer, args: string[] = []): RunConfig {
+  let options: Record<string, unknown> | undefined;
+  buildProgram({}, (parsed) => {
+    options = parsed.options;
+  }).parse(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), ...args], { from: 'user' });
+  if (!options) throw new Error('run did not parse');
+  return runConfig(options, { identity: 'test', version: 'test' });
+}
+
+/** The engine's options as `run` builds them with its default flags (idle progress every 200 ms, for quick tests), then `overrides`. */
+export function engineOptions(primary: EtcdServer, standby: EtcdServer, overrides: Partial<SyncOptions> = {}): SyncOptions {
+  const config = parseRunConfig(primary, standby);
+  return { ...syncOptions(config, new Scope(config.scope)), idleProgressMs: 200, ...overrides };
+}
+
 export function startEngine(primary: EtcdServer, standby: EtcdServer, options: Partial<SyncOptions> = {}): RunningEngine {
   const p = new EtcdSide(primary.sideConfig('primary'));
   const s = new EtcdSide(standby.sideConfig('standby'));
-  const engine = new SyncEngine(
-    p,
-    s,
-    { scope: new Scope(defaultScopeRules()), checkpointKey: Buffer.from('/etcd-sync/checkpoint'), idleProgressMs: 200, ...options },
-    quietLog,
-  );
+  const engine = new SyncEngine(p, s, engineOptions(primary, standby, options), quietLog);
   const controller = new AbortController();
   const done = engine.run(controller.signal).finally(() => {
     p.close();
