@@ -6,7 +6,8 @@ import type { Registry } from 'prom-client';
 
 export interface HttpHandlers {
   registry: Registry;
-  ready(): boolean;
+  /** Whether to answer /readyz with 200, and the reason its body gives. */
+  ready(): { ready: boolean; reason: string };
   status(): object;
   /** The latest check as `etcd-sync check --output json` prints it (runs one when there is none). */
   check(): Promise<object>;
@@ -40,9 +41,9 @@ export async function startHttp(address: string, handlers: HttpHandlers, log: Lo
           res.writeHead(200, { 'content-type': 'text/plain' });
           res.end('ok\n');
         } else if (path === '/readyz') {
-          const ready = handlers.ready();
+          const { ready, reason } = handlers.ready();
           res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' });
-          res.end(ready ? 'ready\n' : 'not ready\n');
+          res.end(`${ready ? 'ready' : 'not ready'}: ${reason}\n`);
         } else if (path === '/status') {
           json(res, 200, handlers.status());
         } else if (path === '/check') {

@@ -1,21 +1,15 @@
 /** Prometheus metrics of `run` (prefix etcd_sync_), read from the engine at scrape time. */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { SyncEngine, SyncState } from './sync/engine.js';
+import type { SyncEngine } from './sync/engine.js';
+import { REPLICA_STATES } from './sync/control-keys.js';
+import type { PrimaryMonitor } from './sync/primary-monitor.js';
 
-export const SYNC_STATES: readonly (SyncState | 'paused' | 'fenced' | 'follower')[] = [
-  'starting',
-  'replaying',
-  'initial-sync',
-  'resyncing',
-  'streaming',
-  'paused',
-  'fenced',
-  'follower',
-  'stopped',
-];
+export const SYNC_STATES = REPLICA_STATES;
 
 export interface MetricsSources {
   engine(): SyncEngine | undefined;
+  /** The primary's revision, its last answer and the lag, in every state. */
+  monitor: PrimaryMonitor;
   identity: string;
   /** etcd-sync's version, the label of etcd_sync_build_info. */
   version: string;
@@ -54,13 +48,13 @@ export class SyncMetrics {
     };
     // Which build each replica runs, as Prometheus exporters say it (Node's own is nodejs_version_info).
     new Gauge({ name: 'etcd_sync_build_info', help: "Always 1; the version label is etcd-sync's.", labelNames: ['version'], registers: [r] }).set({ version: sources.version }, 1);
-    gauge('applied_revision', 'Last primary revision applied to the standby.', () => Number(engine()?.appliedRevision ?? 0n));
-    gauge('primary_revision', "The primary's revision as last seen.", () => Number(engine()?.primaryRevision ?? 0n));
-    gauge('lag_revisions', 'Revisions the standby is behind the primary.', () => Number(engine()?.lagRevisions ?? 0n));
-    gauge('lag_seconds', 'Seconds since the standby was last caught up with the primary (0 when caught up).', () => {
-      const since = engine()?.behindSince;
-      return since === undefined ? 0 : (Date.now() - since) / 1000;
-    });
+    const monitor = sources.monitor;
+    gauge('applied_revision', 'Last primary revision applied to the standby.', () => Number(monitor.appliedRevision));
+    gauge('primary_revision', "The primary's latest revision known (refreshed every few seconds in every state).", () => Number(monitor.primaryRevision));
+    gauge('lag_revisions', "The primary's latest revision known minus the applied one.", () => Number(monitor.lagRevisions));
+    gauge('lag_seconds', "Age of the oldest primary write not applied yet; while the primary is unreachable, at least the time since it last answered.", () => monitor.lagSeconds());
+    gauge('primary_up', '1 when the primary answered within --primary-timeout.', () => (monitor.reachable() ? 1 : 0));
+    gauge('primary_last_contact_timestamp_seconds', 'When the primary last answered (Unix time); 0 when it never did.', () => (monitor.lastContactAt ?? 0) / 1000);
     gauge('self_heals_total', 'Keys restored after a change on the standby by someone else.', () => engine()?.healer?.heals ?? 0);
     gauge('self_heal_pending_keys', 'Keys changed on the standby by someone else that wait to be looked at and restored.', () => engine()?.healer?.pendingKeys ?? 0);
     gauge('unreadable_encrypted_values', "Keys written whose encrypted value the standby's apiserver cannot read.", sources.unreadableEncryptedValues);

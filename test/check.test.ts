@@ -60,7 +60,9 @@ describe('etcd-sync check', () => {
     const report = JSON.parse(json.stdout);
     expect(report).toEqual({
       consistent: false,
+      comparedAtRevision: expect.any(Number),
       primaryRevision: expect.any(Number),
+      unappliedRevisions: expect.any(Number),
       standbyRevision: expect.any(Number),
       counts: { inScope: 4, missing: 2, surplus: 1, different: 1 },
       missing: [`base64:${binaryKey.toString('base64')}`, '/registry/pods/apps/a'],
@@ -68,7 +70,10 @@ describe('etcd-sync check', () => {
       different: ['/registry/pods/apps/b'],
     });
     const cp = JSON.parse((await snapshot(s, Buffer.from('/etcd-sync/checkpoint'))).get('/etcd-sync/checkpoint')!.value.toString());
-    expect(report.primaryRevision).toBe(Number(cp.revision));
+    expect(report.comparedAtRevision).toBe(Number(cp.revision));
+    // Written after the checkpoint (no sync runs): the primary is ahead by exactly those revisions.
+    const primaryNow = Number((await p.kv.range({ key: Buffer.from('x') })).header.revision);
+    expect(report).toMatchObject({ primaryRevision: primaryNow, unappliedRevisions: primaryNow - Number(cp.revision) });
 
     const text = await check([...both(), '--limit', '2']);
     expect(text.code).toBe(1);

@@ -9,6 +9,7 @@ import { parseEndpoints, scopeConfig } from '../src/cli/options/common.js';
 import { RUN_DEFAULTS } from '../src/cli/options/run.js';
 import { buildProgram } from '../src/cli/program.js';
 import { SyncMetrics } from '../src/metrics.js';
+import { PrimaryMonitor } from '../src/sync/primary-monitor.js';
 import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS } from '../bench/load.js';
 
 type Doc = { kind: string; metadata: { name: string }; spec?: any; data?: Record<string, string> };
@@ -81,7 +82,7 @@ describe('deploy/', () => {
   it('the Grafana dashboard queries only metrics that /metrics exposes', async () => {
     const dashboard = JSON.parse(readFileSync('deploy/grafana-dashboard.json', 'utf8')) as { panels: { targets: { expr: string }[] }[] };
     const used = new Set(dashboard.panels.flatMap((p) => p.targets.flatMap((t) => t.expr.match(/etcd_sync_[a-z_]+/g) ?? [])));
-    const metrics = new SyncMetrics({ engine: () => undefined, identity: 'x', version: '0.0.0', isLeader: () => false, state: () => 'follower', unreadableEncryptedValues: () => 0 });
+    const metrics = new SyncMetrics({ engine: () => undefined, monitor: new PrimaryMonitor({ primaryTimeoutMs: 15_000, probeIntervalMs: 5_000 }), identity: 'x', version: '0.0.0', isLeader: () => false, state: () => 'follower', unreadableEncryptedValues: () => 0 });
     const exposed = new Set((await metrics.registry.getMetricsAsJSON()).flatMap((m) => [m.name, `${m.name}_bucket`, `${m.name}_count`, `${m.name}_sum`]));
     expect([...used].filter((m) => !exposed.has(m))).toEqual([]);
     expect(used.size).toBeGreaterThanOrEqual(12);

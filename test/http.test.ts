@@ -31,7 +31,7 @@ describe('HTTP surface of run', () => {
       };
       expect(await get('/healthz')).toEqual({ status: 200, body: 'ok\n' });
       await cli.waitForLog('connect to primary failed, retrying');
-      expect(await get('/readyz')).toEqual({ status: 503, body: 'not ready\n' });
+      expect(await get('/readyz')).toEqual({ status: 503, body: 'not ready: primary unreachable (never answered)\n' });
 
       await primary.launch();
       await waitFor(async () => (await get('/readyz')).status === 200, { timeoutMs: 30_000, message: 'never ready' });
@@ -65,7 +65,23 @@ describe('HTTP surface of run', () => {
       expect((await get('/metrics')).body).toContain('identity="sync-0"');
 
       const status = JSON.parse((await get('/status')).body);
-      expect(status).toEqual({ identity: 'sync-0', role: 'leader', state: 'streaming', appliedRevision: rev, primaryRevision: rev, lagRevisions: 0, lastCheck: null });
+      expect(status).toEqual({
+        identity: 'sync-0',
+        role: 'leader',
+        state: 'streaming',
+        ready: { ready: true, reason: 'streaming, lag 0 revisions' },
+        appliedRevision: rev,
+        primaryRevision: rev,
+        lagRevisions: 0,
+        lagSeconds: 0,
+        primaryReachable: true,
+        lastPrimaryContact: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+        paused: null,
+        fenced: null,
+        lastCheck: null,
+      });
+      expect(metrics.get('etcd_sync_primary_up')).toBe(1);
+      expect(Math.abs((metrics.get('etcd_sync_primary_last_contact_timestamp_seconds') ?? 0) - Date.now() / 1000)).toBeLessThan(30);
 
       // /check answers like `etcd-sync check --output json`.
       await s.put('/registry/secrets/apps/only-standby').value('x').exec();

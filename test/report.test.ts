@@ -30,6 +30,7 @@ describe('groupOf', () => {
 describe('report output', () => {
   const report: CheckReport = {
     consistent: false,
+    comparedAtRevision: 42n,
     primaryRevision: 42n,
     standbyRevision: 7n,
     mode: 'settled',
@@ -44,7 +45,9 @@ describe('report output', () => {
   it('JSON has the documented shape', () => {
     expect(toJson(report)).toEqual({
       consistent: false,
+      comparedAtRevision: 42,
       primaryRevision: 42,
+      unappliedRevisions: 0,
       standbyRevision: 7,
       counts: { inScope: 10, missing: 2, surplus: 1, different: 1 },
       missing: ['/registry/pods/apps/a', '/registry/pods/apps/b'],
@@ -53,10 +56,21 @@ describe('report output', () => {
     });
     expect(toJson({ ...report, repaired: { put: 3, deleted: 1 } }).repaired).toEqual({ put: 3, deleted: 1 });
   });
+  it('the first line says what was compared: consistent at R, or as of C with the primary N revisions ahead', () => {
+    const consistent = { ...report, consistent: true, findings: { missing: [], surplus: [], different: [] } };
+    expect(formatText(consistent, prefix, 2).split('\n')[0]).toBe(
+      'etcd-sync check: CONSISTENT at primary revision 42 (standby revision 7, compared latest against latest, re-checked after settling)',
+    );
+    const behind: CheckReport = { ...consistent, mode: 'checkpoint', comparedAtRevision: 3765n, primaryRevision: 4001n };
+    expect(formatText(behind, prefix, 2).split('\n')[0]).toBe(
+      "etcd-sync check: CONSISTENT as of primary revision 3765; primary now at 4001: 236 revisions not applied (standby revision 7, compared at the standby's checkpoint)",
+    );
+    expect(toJson(behind)).toMatchObject({ consistent: true, comparedAtRevision: 3765, primaryRevision: 4001, unappliedRevisions: 236 });
+  });
   it('text: counts, groups, keys up to the limit, and what was left out', () => {
     expect(formatText(report, prefix, 2)).toBe(
       [
-        'etcd-sync check: INCONSISTENT (primary revision 42, standby revision 7, compared latest against latest, re-checked after settling)',
+        'etcd-sync check: INCONSISTENT at primary revision 42 (standby revision 7, compared latest against latest, re-checked after settling)',
         'in scope: 10 keys in the primary',
         'missing: 2  surplus: 1  different: 1',
         '',

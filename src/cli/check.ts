@@ -8,7 +8,8 @@ import { Scope } from '../scope.js';
 import { audit, repair, repairPlan } from '../sync/audit.js';
 import { LeaseMapper, leaseKeyPrefix } from '../sync/leases.js';
 import { ONE_SHOT_RETRY, retrier } from '../sync/retry.js';
-import { StandbyWriter } from '../sync/writer.js';
+import { type Fence, StandbyWriter } from '../sync/writer.js';
+import { type ControlRecord, controlKeys, describeRecord, readControl } from '../sync/control-keys.js';
 import type { CheckConfig } from './options/check.js';
 
 export interface CheckIo {
@@ -16,6 +17,10 @@ export interface CheckIo {
   out(text: string): void;
   /** Asks the operator to confirm deleting these keys; absent when nobody can be asked (no terminal). */
   confirm?: (keys: string[]) => Promise<boolean>;
+}
+
+function fencedError(record: ControlRecord): ConfigError {
+  return new ConfigError(`the standby is fenced (promoted) ${describeRecord(record)}: check does not write into it (etcd-sync unfence lifts the fence)`);
 }
 
 export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number> {
@@ -31,6 +36,12 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
   try {
     const [p, s] = await Promise.all([retry('connect to primary', () => readHeader(primary)), retry('connect to standby', () => readHeader(standby))]);
     if (p.clusterId === s.clusterId) throw new ConfigError('primary and standby are the same etcd cluster: nothing to compare');
+    // The fence of a promoted standby stops every etcd-sync writer, this one too: refused before anything is read or written.
+    const keys = controlKeys(config.checkpointKey);
+    if (config.repair && !config.dryRun) {
+      const control = await retry('read control keys', () => readControl(standby, keys));
+      if (control.fenced) throw fencedError(control.fenced);
+    }
     const auditOptions = { scope, checkpointKey: config.checkpointKey, pageSize: config.pageSize, settleMs: config.settleMs, retry, signal: controller.signal };
     let report = await audit(primary, standby, auditOptions);
     if (config.repair && !report.consistent) {
@@ -47,7 +58,14 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
         }
       }
       await retry('load lease mappings', () => leases.load());
-      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal, config.maxTxnOps);
+      const fence: Fence = {
+        compares: () => [{ key: keys.fenced, target: 'Create', result: 'Equal', version: 0n }],
+        verify: async () => {
+          const now = await readControl(standby, keys);
+          if (now.fenced) throw fencedError(now.fenced);
+        },
+      };
+      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal, config.maxTxnOps, { fence });
       const repaired = await repair(primary, standby, writer, plan, retry, config.maxTxnBytes);
       io.log.info(repaired, 'repaired');
       report = { ...(await audit(primary, standby, auditOptions)), repaired };

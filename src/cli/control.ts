@@ -1,47 +1,77 @@
-/** `etcd-sync pause | resume | promote | unfence | status`: one audited toggle in the standby etcd for all replicas. */
+/**
+ * `etcd-sync pause | resume | promote | unfence | status`: one audited toggle in the standby etcd
+ * for all replicas, the failover decision, and what the standby knows.
+ */
 import type { Logger } from 'pino';
 import { ConfigError, EtcdSyncError, describeError } from '../errors.js';
 import { EtcdSide } from '../etcd/connection.js';
-import { readHeader, readKey, txn } from '../etcd/kv.js';
+import { type Header, type WriteOp, readHeader, readKey, txn } from '../etcd/kv.js';
 import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
-import { ONE_SHOT_RETRY, type Retry, retrier } from '../sync/retry.js';
-import { readCheckpoint } from '../sync/checkpoint.js';
-import { controlKeys, readControl } from '../sync/supervisor.js';
-
+import { type Checkpoint, readCheckpoint } from '../sync/checkpoint.js';
+import {
+  type ControlKeys,
+  type ControlRecord,
+  type ControlState,
+  type LeaderStatus,
+  controlKeys,
+  decodeControlRecord,
+  describeRecord,
+  encodeControlRecord,
+  readControl,
+  readLeaderStatus,
+} from '../sync/control-keys.js';
+import { withDeadline } from '../sync/primary-monitor.js';
+import { ONE_SHOT_RETRY, type Retry, delay, retrier } from '../sync/retry.js';
 import type { ControlConfig } from './options/control.js';
 
 export interface ControlIo {
   log: Logger;
   out(text: string): void;
-  /** Who runs the command, recorded in the toggle (user@host). */
+  /** Who runs the command, recorded with the toggle (user@host). */
   actor: string;
 }
+
+/** How often promote looks whether the standby has caught up with a primary that stopped. */
+const PROMOTE_POLL_MS = 1_000;
+/** A leader status older than this many publish intervals is stale (the leader may be gone). */
+const STALE_STATUS_MS = 20_000;
 
 export async function runControl(config: ControlConfig, io: ControlIo): Promise<number> {
   const standby = new EtcdSide(config.standby);
   const primary = config.primary ? new EtcdSide(config.primary) : undefined;
   const keys = controlKeys(config.checkpointKey);
   const retry = retrier({ log: io.log, ...ONE_SHOT_RETRY });
-  const stamp = (what: string): Buffer => Buffer.from(JSON.stringify({ by: io.actor, at: new Date().toISOString(), what }));
+  const record = (what: string): ControlRecord => ({ what, by: io.actor, at: new Date().toISOString(), reason: config.reason });
   try {
     switch (config.command) {
-      case 'pause':
-        await retry('pause', () => txn(standby, [{ type: 'put', key: keys.paused, value: stamp('pause') }]));
-        io.out('paused: the leader stops applying and keeps its place in the primary history (etcd-sync resume to continue)\n');
+      case 'pause': {
+        const r = record('pause');
+        await retry('pause', () => txn(standby, [put(keys.paused, r), put(keys.last, r)]));
+        io.out(`paused ${describeRecord(r)}: the leader stops applying and keeps its place in the primary history (etcd-sync resume to continue)\n`);
         return 0;
-      case 'resume':
-        await retry('resume', () => txn(standby, [{ type: 'delete', key: keys.paused }]));
-        io.out('resumed\n');
+      }
+      case 'resume': {
+        const r = record('resume');
+        await retry('resume', () => txn(standby, [{ type: 'delete', key: keys.paused }, put(keys.last, r)]));
+        io.out(`resumed ${describeRecord(r)}\n`);
         return 0;
-      case 'unfence':
-        await retry('unfence', () => txn(standby, [{ type: 'delete', key: keys.fenced }]));
-        io.out('unfenced: etcd-sync replicas may write into this etcd again\n');
+      }
+      case 'unfence': {
+        const fenced = await retry('read the fence', () => readKey(standby, keys.fenced));
+        if (!fenced) {
+          io.out('unfence: nothing to do: this etcd is not fenced\n');
+          return 0;
+        }
+        const r = record('unfence');
+        await retry('unfence', () => txn(standby, [{ type: 'delete', key: keys.fenced }, put(keys.last, r)]));
+        io.out(`unfenced ${describeRecord(r)} (was fenced ${describeRecord(decodeControlRecord(fenced.value))}): etcd-sync replicas may write into this etcd again\n`);
         return 0;
+      }
       case 'promote':
-        return await promote(config, io, standby, primary, retry, stamp);
+        return await promote(config, io, standby, primary, keys, retry, record('promote'));
       case 'status':
-        return await status(config, io, standby, primary, retry);
+        return await status(config, io, standby, primary, keys, retry);
       default:
         throw new ConfigError(`unknown control command ${String(config.command satisfies never)}`);
     }
@@ -54,73 +84,233 @@ export async function runControl(config: ControlConfig, io: ControlIo): Promise<
   }
 }
 
-async function readCheckpointRevision(standby: EtcdSide, key: Buffer): Promise<bigint | undefined> {
-  return (await readCheckpoint(standby, key)).checkpoint?.revision;
+function put(key: Buffer, record: ControlRecord): WriteOp {
+  return { type: 'put', key, value: encodeControlRecord(record) };
 }
 
-async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, primary: EtcdSide | undefined, retry: Retry, stamp: (what: string) => Buffer): Promise<number> {
-  let gap: string;
-  if (!primary) {
-    if (!config.force) {
-      io.out('promote: refused: no --primary-endpoints to run the final check against (use --force if the primary is lost)\n');
-      return 1;
-    }
-    gap = 'unknown (no primary given)';
+/** `12 s ago`, `3 min ago`, `2.5 h ago`. */
+function age(isoTime: string | undefined, now = Date.now()): string {
+  if (!isoTime) return 'at an unknown time';
+  const ms = now - Date.parse(isoTime);
+  if (!Number.isFinite(ms)) return 'at an unknown time';
+  if (ms < 120_000) return `${Math.max(0, Math.round(ms / 1000))} s ago`;
+  if (ms < 2 * 3_600_000) return `${Math.round(ms / 60_000)} min ago`;
+  return `${Math.round(ms / 360_000) / 10} h ago`;
+}
+
+function describeCheckpoint(checkpoint: Checkpoint | undefined): string {
+  if (!checkpoint) return 'none (no primary revision recorded in the standby)';
+  return `primary revision ${checkpoint.revision}, as the primary was at ${checkpoint.at ?? 'an unknown time'} (${age(checkpoint.at)})`;
+}
+
+/** The primary's header, or why it could not be read, within --primary-timeout. */
+async function readPrimary(primary: EtcdSide, timeoutMs: number): Promise<{ header?: Header; error?: string }> {
+  try {
+    return { header: await withDeadline(`${primary.name} etcd`, timeoutMs, readHeader(primary)) };
+  } catch (err) {
+    if (err instanceof EtcdSyncError && err.exitCode === 2) throw err;
+    return { error: describeError(err) };
+  }
+}
+
+function sameCluster(primary: Header, standby: Header): ConfigError {
+  return new ConfigError(`primary and standby are the same etcd cluster (cluster ID ${BigInt(primary.clusterId).toString(16)}): check --primary-endpoints`);
+}
+
+/**
+ * The failover decision. Planned (the primary answers, no --force): waits until the standby has
+ * applied the primary's current revision and the primary has stopped moving, checks the pair at
+ * that revision, then fences. Unplanned (--force): fences and says what is lost.
+ */
+async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, primary: EtcdSide | undefined, keys: ControlKeys, retry: Retry, record: ControlRecord): Promise<number> {
+  const say = (line: string): void => io.out(`${line}\n`);
+  const refuse = (why: string): number => {
+    say(`promote: refused: ${why}`);
+    return 1;
+  };
+  const [standbyHeader, control] = await Promise.all([retry('read standby revision', () => readHeader(standby)), retry('read control keys', () => readControl(standby, keys))]);
+  if (control.fenced) {
+    say(`promote: nothing to do: this etcd is already fenced ${describeRecord(control.fenced)}`);
+    return 0;
+  }
+  const readStoredCheckpoint = async (): Promise<Checkpoint | undefined> => (await retry('read checkpoint', () => readCheckpoint(standby, config.checkpointKey))).checkpoint;
+  const reached = primary ? await readPrimary(primary, config.primaryTimeoutMs) : { error: 'no --primary-endpoints given' };
+  if (reached.header && reached.header.clusterId === standbyHeader.clusterId) throw sameCluster(reached.header, standbyHeader);
+
+  let checkpoint = await readStoredCheckpoint();
+  const lines: string[] = [];
+  if (config.force || !reached.header) {
+    if (!config.force) return refuse(`the primary cannot be reached (${reached.error}); if it is lost, promote with --force (what the standby holds is printed)`);
+    // Unplanned: the primary is lost (or the operator says so).
+    lines.push(`unplanned promote (--force): the standby holds ${describeCheckpoint(checkpoint)}`);
+    if (reached.header && checkpoint) lines.push(`revision gap to the primary: ${reached.header.revision - checkpoint.revision} revisions (primary now at ${reached.header.revision}): they are lost`);
+    else lines.push(`data-loss point: every primary write after revision ${checkpoint?.revision ?? '(unknown)'} is lost (primary: ${reached.error ?? 'unreachable'})`);
   } else {
+    // Planned: the standby must have everything the primary has, and the primary must be still.
+    const deadline = Date.now() + config.waitMs;
+    let head = reached.header;
+    const firstRevision = head.revision;
+    let stillFor = 0;
+    for (;;) {
+      checkpoint = await readStoredCheckpoint();
+      const applied = checkpoint !== undefined && checkpoint.primaryClusterId === head.clusterId && checkpoint.revision >= head.revision;
+      if (applied && stillFor >= 1) break;
+      if (Date.now() >= deadline || config.dryRun) {
+        const gap = checkpoint ? head.revision - checkpoint.revision : head.revision;
+        if (head.revision !== firstRevision && !config.dryRun) {
+          return refuse(
+            `the primary is still being written (revision ${firstRevision} → ${head.revision} in ${Math.round(config.waitMs / 1000)} s): stop the primary's apiservers first, then promote again`,
+          );
+        }
+        if (!applied) {
+          const why = `the standby has not applied the primary's revision ${head.revision}: ${gap} revisions not applied (standby at ${checkpoint?.revision ?? 'no checkpoint'})`;
+          if (config.dryRun) {
+            say(`dry run: promote would wait up to ${Math.round(config.waitMs / 1000)} s for ${why}; nothing written`);
+            return 1;
+          }
+          return refuse(`${why} after waiting ${Math.round(config.waitMs / 1000)} s: is etcd-sync running and not paused? (etcd-sync status)`);
+        }
+        break;
+      }
+      await delay(PROMOTE_POLL_MS);
+      const next = (await readPrimary(primary as EtcdSide, config.primaryTimeoutMs)).header;
+      if (!next) return refuse('the primary stopped answering while promote waited; if it is lost, promote with --force');
+      stillFor = next.revision === head.revision ? stillFor + 1 : 0;
+      head = next;
+    }
+    const atRevision = head.revision;
     try {
       if (!config.scope) throw new ConfigError('promote needs the scope of the final check');
-      const report = await audit(primary, standby, { scope: new Scope(config.scope), checkpointKey: config.checkpointKey, pageSize: config.pageSize, settleMs: config.settleMs, retry });
+      const report = await audit(primary as EtcdSide, standby, { scope: new Scope(config.scope), checkpointKey: config.checkpointKey, pageSize: config.pageSize, settleMs: config.settleMs, retry });
       const counts = `missing ${report.findings.missing.length}, surplus ${report.findings.surplus.length}, different ${report.findings.different.length}`;
-      if (!report.consistent && !config.force) {
-        io.out(`promote: refused: the final check found the standby inconsistent (${counts}); run etcd-sync check --repair, or use --force\n`);
-        return 1;
-      }
-      io.out(`final check: ${report.consistent ? 'consistent' : `INCONSISTENT (${counts}), promoting anyway (--force)`}\n`);
+      if (!report.consistent) return refuse(`the final check at primary revision ${report.comparedAtRevision} found the standby inconsistent (${counts}); run etcd-sync check --repair, then promote again`);
+      lines.push(`final check: consistent at primary revision ${report.comparedAtRevision} (primary now at ${report.primaryRevision})`);
     } catch (err) {
-      if (!config.force) {
-        io.out(`promote: refused: the final check could not run (${describeError(err)}); use --force if the primary is lost\n`);
-        return 1;
-      }
-      io.out(`final check could not run (${describeError(err)}); promoting anyway (--force)\n`);
+      if (err instanceof EtcdSyncError && err.exitCode === 2) throw err;
+      return refuse(`the final check could not run (${describeError(err)}); use --force if the primary is lost`);
     }
-    const [p, cp] = await Promise.all([readHeader(primary).catch(() => undefined), readCheckpointRevision(standby, config.checkpointKey)]);
-    gap = p && cp !== undefined ? `${p.revision - cp} revisions (primary ${p.revision}, standby checkpoint ${cp})` : 'unknown (primary unreachable)';
+    lines.push(`revision gap to the primary: 0 revisions (the standby holds primary revision ${atRevision}; nothing is lost)`);
   }
-  await retry('write the fence', () => txn(standby, [{ type: 'put', key: controlKeys(config.checkpointKey).fenced, value: stamp('promote') }]));
-  io.out(
+  if (config.dryRun) {
+    for (const line of lines) say(line);
+    say('dry run: promote would fence this etcd now; nothing written');
+    return 0;
+  }
+  const fence = await retry('write the fence', () => txn(standby, [put(keys.fenced, record), put(keys.last, record)], [{ key: keys.fenced, target: 'Create', result: 'Equal', version: 0n }]));
+  if (!fence.succeeded) {
+    const now = await retry('read control keys', () => readControl(standby, keys));
+    say(`promote: nothing to do: fenced meanwhile ${now.fenced ? describeRecord(now.fenced) : ''}`);
+    return 0;
+  }
+  for (const line of lines) say(line);
+  say(
     [
-      'promoted: the standby is fenced; no etcd-sync replica writes into it until etcd-sync unfence',
-      `revision gap to the primary: ${gap}`,
-      'next steps:',
+      `promoted ${describeRecord(record)}: the standby is fenced; no etcd-sync writer (run, check --repair) writes into it until etcd-sync unfence`,
+      'next steps (docs/operations.md):',
       '  1. scale the etcd-sync Deployment on this cluster to 0 (it writes nothing now, but keep it quiet)',
       "  2. point DNS / load balancers for the platform's API at this cluster",
       '  3. clients holding the primary\'s resourceVersions may see "too large resource version": restart their watches',
-      '  4. when the old primary returns, make it the standby (etcd-sync there, this cluster as its primary) before unfencing anything',
-      '',
+      '  4. when the old primary returns, make it the standby of this cluster (role reversal) before unfencing anything',
     ].join('\n'),
   );
   return 0;
 }
 
-async function status(config: ControlConfig, io: ControlIo, standby: EtcdSide, primary: EtcdSide | undefined, retry: Retry): Promise<number> {
-  const keys = controlKeys(config.checkpointKey);
-  const [leader, control, checkpoint] = await Promise.all([
+interface StatusJson {
+  state: string;
+  ready: boolean;
+  reason: string;
+  leader: string | null;
+  leaderStatus: LeaderStatus | null;
+  checkpointRevision: number | null;
+  checkpointAt: string | null;
+  primaryRevision: number | null;
+  primaryReachable: boolean | null;
+  primaryError?: string;
+  lagRevisions: number | null;
+  lagSeconds: number | null;
+  paused: ControlRecord | null;
+  fenced: ControlRecord | null;
+  lastAction: ControlRecord | null;
+}
+
+/**
+ * What the standby knows, whether or not the primary answers: exit 0 only when a leader streams
+ * within --ready-max-lag of a primary that answers, 1 otherwise, 2 when the standby cannot be read.
+ */
+async function status(config: ControlConfig, io: ControlIo, standby: EtcdSide, primary: EtcdSide | undefined, keys: ControlKeys, retry: Retry): Promise<number> {
+  const [leader, published, control, stored, last] = await Promise.all([
     retry('read leader', () => readKey(standby, keys.leader)),
+    retry('read leader status', () => readLeaderStatus(standby, keys)),
     retry('read control keys', () => readControl(standby, keys)),
-    retry('read checkpoint', () => readCheckpointRevision(standby, config.checkpointKey)),
+    retry('read checkpoint', () => readCheckpoint(standby, config.checkpointKey)),
+    retry('read last control action', () => readKey(standby, keys.last)),
   ]);
-  const primaryRevision = primary ? (await retry('read primary revision', () => readHeader(primary))).revision : undefined;
-  const state = control.fenced ? 'fenced' : control.paused ? 'paused' : leader ? 'running' : 'no leader';
-  const result = {
-    leader: leader ? leader.value.toString() : null,
+  const now = Date.now();
+  const checkpoint = stored.checkpoint;
+  const fresh = published !== undefined && leader !== undefined && now - Date.parse(published.at) <= STALE_STATUS_MS ? published : undefined;
+  const own = primary ? await readPrimary(primary, config.primaryTimeoutMs) : undefined;
+  const primaryRevision = own?.header?.revision ?? (fresh ? BigInt(fresh.primaryRevision) : undefined);
+  const primaryReachable = own ? own.header !== undefined : fresh ? fresh.primaryReachable : undefined;
+  const lagRevisions =
+    own?.header && checkpoint ? (own.header.revision > checkpoint.revision ? own.header.revision - checkpoint.revision : 0n) : fresh ? BigInt(fresh.lagRevisions) : undefined;
+  const state = stateOf(control, leader !== undefined, fresh);
+  const { ready, reason } = judge(state, control, primaryReachable, lagRevisions, config.readyMaxLag, leader !== undefined && fresh === undefined);
+  const result: StatusJson = {
     state,
-    checkpointRevision: checkpoint === undefined ? null : Number(checkpoint),
-    ...(primaryRevision !== undefined ? { primaryRevision: Number(primaryRevision), lagRevisions: checkpoint === undefined ? null : Number(primaryRevision - checkpoint) } : {}),
+    ready,
+    reason,
+    leader: leader ? leader.value.toString() : null,
+    leaderStatus: published ?? null,
+    checkpointRevision: checkpoint ? Number(checkpoint.revision) : null,
+    checkpointAt: checkpoint?.at ?? null,
+    primaryRevision: primaryRevision === undefined ? null : Number(primaryRevision),
+    primaryReachable: primaryReachable ?? null,
+    ...(own?.error ? { primaryError: own.error } : {}),
+    lagRevisions: lagRevisions === undefined ? null : Number(lagRevisions),
+    lagSeconds: fresh ? fresh.lagSeconds : null,
+    paused: control.paused ?? null,
+    fenced: control.fenced ?? null,
+    lastAction: last ? decodeControlRecord(last.value) : null,
   };
   if (config.output === 'json') io.out(`${JSON.stringify(result)}\n`);
-  else {
-    io.out(`leader: ${result.leader ?? '(none)'}\nstate: ${state}\ncheckpoint revision: ${result.checkpointRevision ?? '(none)'}\n`);
-    if (primaryRevision !== undefined) io.out(`primary revision: ${primaryRevision}\nlag: ${result.lagRevisions ?? '(unknown)'} revisions\n`);
-  }
-  return 0;
+  else io.out(statusText(result, own !== undefined, now));
+  return ready ? 0 : 1;
+}
+
+function stateOf(control: ControlState, hasLeader: boolean, published: LeaderStatus | undefined): string {
+  if (control.fenced) return 'fenced';
+  if (control.paused) return 'paused';
+  if (!hasLeader) return 'no-leader';
+  return published?.state ?? 'starting';
+}
+
+function judge(state: string, control: ControlState, reachable: boolean | undefined, lag: bigint | undefined, readyMaxLag: number, stale: boolean): { ready: boolean; reason: string } {
+  if (control.fenced) return { ready: false, reason: `fenced (promoted) ${describeRecord(control.fenced)}` };
+  if (control.paused) return { ready: false, reason: `paused ${describeRecord(control.paused)}` };
+  if (state === 'no-leader') return { ready: false, reason: 'no etcd-sync replica leads' };
+  if (stale) return { ready: false, reason: 'the leader has published no status for a while (is it alive?)' };
+  if (reachable === false) return { ready: false, reason: 'the primary does not answer' };
+  if (reachable === undefined) return { ready: false, reason: 'nothing known of the primary' };
+  if (state !== 'streaming') return { ready: false, reason: `the leader is ${state}, not streaming yet` };
+  if (lag === undefined) return { ready: false, reason: 'the lag is unknown (no checkpoint)' };
+  if (lag > BigInt(readyMaxLag)) return { ready: false, reason: `${lag} revisions behind (--ready-max-lag ${readyMaxLag})` };
+  return { ready: true, reason: `streaming, ${lag} revisions behind` };
+}
+
+function statusText(s: StatusJson, primaryRead: boolean, now: number): string {
+  const lines = [`state: ${s.state} (${s.ready ? 'ready' : 'NOT READY'}: ${s.reason})`, `leader: ${s.leader ?? '(none)'}`];
+  lines.push(
+    `checkpoint: ${s.checkpointRevision === null ? '(none)' : `primary revision ${s.checkpointRevision}, as the primary was at ${s.checkpointAt ?? 'an unknown time'} (${age(s.checkpointAt ?? undefined, now)})`}`,
+  );
+  if (primaryRead) lines.push(`primary: ${s.primaryReachable ? `revision ${s.primaryRevision} (read now)` : `unreachable: ${s.primaryError ?? 'no answer'}`}`);
+  else if (s.leaderStatus) {
+    const l = s.leaderStatus;
+    lines.push(`primary: revision ${l.primaryRevision}, ${l.primaryReachable ? 'answering' : `NOT answering (last contact ${l.lastPrimaryContact ?? 'never'})`} (as the leader saw it ${age(l.at, now)})`);
+  } else lines.push('primary: unknown (give --primary-endpoints to read it)');
+  lines.push(`lag: ${s.lagRevisions === null ? 'unknown' : `${s.lagRevisions} revisions`}${s.lagSeconds === null ? '' : `, ${s.lagSeconds} s`}`);
+  if (s.paused) lines.push(`paused: ${describeRecord(s.paused)}`);
+  if (s.fenced) lines.push(`fenced: ${describeRecord(s.fenced)}`);
+  if (s.lastAction) lines.push(`last control action: ${s.lastAction.what} ${describeRecord(s.lastAction)}`);
+  return `${lines.join('\n')}\n`;
 }

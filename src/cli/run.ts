@@ -9,9 +9,11 @@ import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
 import { SyncEngine, type SyncHooks } from '../sync/engine.js';
 import { retrier } from '../sync/retry.js';
-import { Supervisor, controlKeys } from '../sync/supervisor.js';
+import { Supervisor } from '../sync/supervisor.js';
+import { controlKeys, describeRecord } from '../sync/control-keys.js';
+import { PrimaryMonitor } from '../sync/primary-monitor.js';
 import { CHECK_DEFAULTS } from './options/check.js';
-import { type RunConfig, SYNC_TUNING, syncOptions } from './options/run.js';
+import { type RunConfig, SYNC_TUNING, livenessInterval, syncOptions } from './options/run.js';
 import { readEncryptionConfig } from './encryption.js';
 
 export async function runSync(config: RunConfig, log: Logger, signal: AbortSignal, hooks: SyncHooks = {}): Promise<void> {
@@ -21,9 +23,11 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
   const primary = new EtcdSide(config.primary);
   const standby = new EtcdSide(config.standby);
   const scope = new Scope(config.scope);
+  const primaryMonitor = new PrimaryMonitor({ primaryTimeoutMs: config.primaryTimeoutMs, probeIntervalMs: livenessInterval(SYNC_TUNING.primaryProbeMs, config.primaryTimeoutMs) }, log);
   let supervisor: Supervisor | undefined;
   const metrics = new SyncMetrics({
     engine: () => supervisor?.engine,
+    monitor: primaryMonitor,
     identity: config.identity,
     version: config.version,
     isLeader: () => supervisor?.role === 'leader',
@@ -32,11 +36,19 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
   });
   supervisor = new Supervisor(
     standby,
-    { identity: config.identity, keys: controlKeys(config.checkpointKey), leaseTtlSeconds: config.leaseTtlSeconds, pollMs: SYNC_TUNING.controlPollMs },
+    {
+      identity: config.identity,
+      keys: controlKeys(config.checkpointKey),
+      leaseTtlSeconds: config.leaseTtlSeconds,
+      pollMs: SYNC_TUNING.controlPollMs,
+      publishMs: SYNC_TUNING.primaryProbeMs,
+      standbyTimeoutMs: config.primaryTimeoutMs,
+    },
     (fence) =>
       new SyncEngine(
         primary,
         standby,
+        primaryMonitor,
         {
           ...syncOptions(config, scope),
           writerHooks: {
@@ -49,6 +61,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
         hooks,
       ),
     log,
+    primaryMonitor,
   );
   const checkNow = () =>
     audit(primary, standby, {
@@ -60,8 +73,10 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
       signal,
     });
   log.info({ version: config.version, identity: config.identity }, 'starting');
+  const probeStop = new AbortController();
+  const probing = primaryMonitor.probe(primary, standby, config.checkpointKey, probeStop.signal);
   try {
-    const server = config.httpAddress ? await startHttp(config.httpAddress, httpHandlers(supervisor, config, metrics, checkNow), log) : undefined;
+    const server = config.httpAddress ? await startHttp(config.httpAddress, httpHandlers(supervisor, primaryMonitor, config, metrics, checkNow), log) : undefined;
     try {
       await supervisor.run(signal);
     } finally {
@@ -70,36 +85,66 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
     const engine = supervisor.engine;
     log.info({ appliedRevision: engine?.appliedRevision.toString(), checkpoint: engine?.checkpointedRevision.toString() }, 'stopped');
   } finally {
+    probeStop.abort();
+    await probing;
     primary.close();
     standby.close();
   }
 }
 
-/** What /readyz, /status and /check answer. Followers are ready (healthy, waiting); the leader once it streams within the lag bound. */
+/**
+ * Whether this replica is ready, and why (the body of /readyz). The leader: streaming, the primary
+ * answering within --primary-timeout, the lag within --ready-max-lag. A follower: while it reaches
+ * the standby (it could not take over otherwise). Paused, fenced, stopped: not ready.
+ */
+export function readiness(supervisor: Supervisor, monitor: PrimaryMonitor, readyMaxLag: number, now = Date.now()): { ready: boolean; reason: string } {
+  const state = supervisor.state;
+  const control = supervisor.control;
+  if (state === 'fenced') return { ready: false, reason: `fenced (promoted) ${control.fenced ? describeRecord(control.fenced) : ''}`.trim() };
+  if (state === 'paused') return { ready: false, reason: `paused ${control.paused ? describeRecord(control.paused) : ''}`.trim() };
+  if (state === 'stopped') return { ready: false, reason: state };
+  if (supervisor.role !== 'leader') {
+    if (state === 'starting') return { ready: false, reason: state };
+    return supervisor.standbyReachable(now) ? { ready: true, reason: 'follower: the standby answers' } : { ready: false, reason: 'follower: the standby etcd does not answer' };
+  }
+  if (!monitor.reachable(now)) {
+    const since = monitor.lastContactAt === undefined ? 'never answered' : `silent for ${Math.round((now - monitor.lastContactAt) / 1000)} s`;
+    return { ready: false, reason: `primary unreachable (${since})` };
+  }
+  if (state !== 'streaming') return { ready: false, reason: state };
+  const lag = monitor.lagRevisions;
+  if (lag > BigInt(readyMaxLag)) return { ready: false, reason: `lag ${lag} revisions > --ready-max-lag ${readyMaxLag}` };
+  return { ready: true, reason: `streaming, lag ${lag} revisions` };
+}
+
+/** What /readyz, /status and /check answer. */
 export function httpHandlers(
   supervisor: Supervisor,
+  monitor: PrimaryMonitor,
   config: Pick<RunConfig, 'identity' | 'readyMaxLag'>,
   metrics: SyncMetrics,
   checkNow: () => ReturnType<typeof audit>,
 ): HttpHandlers {
   return {
     registry: metrics.registry,
-    ready: () => {
-      if (supervisor.role !== 'leader') return supervisor.state !== 'stopped';
-      if (supervisor.state === 'paused') return true;
-      const engine = supervisor.engine;
-      return engine !== undefined && engine.state === 'streaming' && engine.lagRevisions <= BigInt(config.readyMaxLag);
-    },
+    ready: () => readiness(supervisor, monitor, config.readyMaxLag),
     status: () => {
-      const engine = supervisor.role === 'leader' ? supervisor.engine : undefined;
+      const now = Date.now();
       const lastCheck = supervisor.engine?.lastCheck;
+      const control = supervisor.control;
       return {
         identity: config.identity,
         role: supervisor.role,
         state: supervisor.state,
-        appliedRevision: Number(engine?.appliedRevision ?? 0n),
-        primaryRevision: Number(engine?.primaryRevision ?? 0n),
-        lagRevisions: Number(engine?.lagRevisions ?? 0n),
+        ready: readiness(supervisor, monitor, config.readyMaxLag, now),
+        appliedRevision: Number(monitor.appliedRevision),
+        primaryRevision: Number(monitor.primaryRevision),
+        lagRevisions: Number(monitor.lagRevisions),
+        lagSeconds: Math.round(monitor.lagSeconds(now) * 10) / 10,
+        primaryReachable: monitor.reachable(now),
+        lastPrimaryContact: monitor.lastContactAt === undefined ? null : new Date(monitor.lastContactAt).toISOString(),
+        paused: control.paused ?? null,
+        fenced: control.fenced ?? null,
         lastCheck: lastCheck
           ? { checkedAt: new Date(lastCheck.checkedAt).toISOString(), ...toJson(lastCheck), missing: undefined, surplus: undefined, different: undefined }
           : null,

@@ -6,7 +6,11 @@ export const FINDING_KINDS: readonly FindingKind[] = ['missing', 'surplus', 'dif
 
 export interface CheckReport {
   consistent: boolean;
+  /** The primary revision the standby was compared at (the standby's checkpoint, or the primary's latest then). */
+  comparedAtRevision: bigint;
+  /** The primary's revision when the check ended. */
   primaryRevision: bigint;
+  /** The standby revision compared. */
   standbyRevision: bigint;
   /** `checkpoint`: primary at the standby's checkpoint vs the standby as of that checkpoint (exact). `settled`: latest vs latest, findings re-checked after a settle delay. */
   mode: 'checkpoint' | 'settled';
@@ -16,6 +20,11 @@ export interface CheckReport {
   repaired?: { put: number; deleted: number };
   /** When the comparison finished (ms since epoch). */
   checkedAt: number;
+}
+
+/** Primary revisions the standby had not applied when checked. */
+export function unapplied(report: CheckReport): bigint {
+  return report.primaryRevision > report.comparedAtRevision ? report.primaryRevision - report.comparedAtRevision : 0n;
 }
 
 export function isConsistent(findings: Record<FindingKind, Buffer[]>): boolean {
@@ -37,7 +46,10 @@ export function groupOf(key: Buffer, keyPrefix: Buffer): string {
 
 export interface CheckJson {
   consistent: boolean;
+  comparedAtRevision: number;
   primaryRevision: number;
+  /** primaryRevision - comparedAtRevision: primary revisions the standby had not applied when checked. */
+  unappliedRevisions: number;
   standbyRevision: number;
   counts: { inScope: number; missing: number; surplus: number; different: number };
   missing: string[];
@@ -49,7 +61,9 @@ export interface CheckJson {
 export function toJson(report: CheckReport): CheckJson {
   return {
     consistent: report.consistent,
+    comparedAtRevision: Number(report.comparedAtRevision),
     primaryRevision: Number(report.primaryRevision),
+    unappliedRevisions: Number(unapplied(report)),
     standbyRevision: Number(report.standbyRevision),
     counts: {
       inScope: report.inScope,
@@ -69,9 +83,13 @@ export function formatText(report: CheckReport, keyPrefix: Buffer, limit: number
   const lines: string[] = [];
   const f = report.findings;
   const how = report.mode === 'checkpoint' ? "at the standby's checkpoint" : 'latest against latest, re-checked after settling';
-  lines.push(
-    `etcd-sync check: ${report.consistent ? 'CONSISTENT' : 'INCONSISTENT'} (primary revision ${report.primaryRevision}, standby revision ${report.standbyRevision}, compared ${how})`,
-  );
+  const verdict = report.consistent ? 'CONSISTENT' : 'INCONSISTENT';
+  const behind = unapplied(report);
+  const where =
+    behind === 0n
+      ? `at primary revision ${report.comparedAtRevision}`
+      : `as of primary revision ${report.comparedAtRevision}; primary now at ${report.primaryRevision}: ${behind} revisions not applied`;
+  lines.push(`etcd-sync check: ${verdict} ${where} (standby revision ${report.standbyRevision}, compared ${how})`);
   lines.push(`in scope: ${report.inScope} keys in the primary`);
   lines.push(`missing: ${f.missing.length}  surplus: ${f.surplus.length}  different: ${f.different.length}`);
   if (report.repaired) lines.push(`repaired: ${report.repaired.put} put, ${report.repaired.deleted} deleted`);

@@ -27,14 +27,28 @@ export type WatchMessage =
 
 type Duplex = grpc.ClientDuplexStream<Buffer, WatchResponse>;
 
+/** How long a watch without a silence timeout waits for etcd to confirm its creation. */
+const WATCH_CREATE_TIMEOUT_MS = 30_000;
+
 export interface WatchRequest {
   key: Buffer;
   rangeEnd: Buffer;
   startRevision: bigint;
+  /**
+   * The stream counts as dead when nothing arrives for this long: not the create's answer, no
+   * event, no progress notification. A silent network path (packets dropped, no reset) fails no
+   * call by itself; the caller asks for progress while idle, so a live stream always answers.
+   * Without it, only grpc-js's keep-alive pings find a dead connection.
+   */
+  silenceTimeoutMs?: number;
 }
 
 export class WatchStream {
   private closed = false;
+  /** Set when the stream was cancelled for its silence: what its reader then throws. */
+  private silenced: UnreachableError | undefined;
+  private lastMessageAt = Date.now();
+  private silenceTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly side: EtcdSide,
@@ -50,7 +64,8 @@ export class WatchStream {
    * (default 30 s), and no longer than the signal allows: an unanswered create is retried
    * by the caller like any unreachable endpoint.
    */
-  static async open(side: EtcdSide, request: WatchRequest, signal?: AbortSignal, createTimeoutMs = 30_000): Promise<WatchStream> {
+  static async open(side: EtcdSide, request: WatchRequest, signal?: AbortSignal): Promise<WatchStream> {
+    const createTimeoutMs = request.silenceTimeoutMs ?? WATCH_CREATE_TIMEOUT_MS;
     const { client, metadata, endpoint } = await side.streamClient();
     const where = `${side.name} etcd (${endpoint}) watch from revision ${request.startRevision}`;
     // Encoded and decoded by codec.ts: a watch at a few thousand events/s spent more CPU in
@@ -80,6 +95,7 @@ export class WatchStream {
       if (first === undefined) throw new UnreachableError(`${where}: stream ended before the watch was created`);
       stream.checkCanceled(first);
       if (!first.created) throw new UnreachableError(`${where}: unexpected first response`);
+      if (request.silenceTimeoutMs !== undefined) stream.watchSilence(request.silenceTimeoutMs);
     } catch (err) {
       stream.close();
       throw err;
@@ -93,11 +109,26 @@ export class WatchStream {
   private async nextRaw(): Promise<WatchResponse | undefined> {
     try {
       const next = await this.iterator.next();
+      if (this.silenced) throw this.silenced;
+      this.lastMessageAt = Date.now();
       return next.done ? undefined : next.value;
     } catch (err) {
+      if (this.silenced) throw this.silenced;
       if (this.closed) return undefined;
       throw fromGrpcError(err, this.where);
     }
+  }
+
+  /** Cancels the stream, failing its reader with UnreachableError, once nothing has arrived for `timeoutMs`. */
+  private watchSilence(timeoutMs: number): void {
+    this.silenceTimer = setInterval(() => {
+      const silentMs = Date.now() - this.lastMessageAt;
+      if (silentMs <= timeoutMs || this.closed) return;
+      this.silenced = new UnreachableError(`${this.where}: no answer from the primary for ${Math.round(silentMs / 1000)} s (silent connection)`);
+      clearInterval(this.silenceTimer);
+      this.call.cancel();
+    }, Math.min(1_000, Math.max(50, Math.floor(timeoutMs / 4))));
+    this.silenceTimer.unref();
   }
 
   private checkCanceled(res: WatchResponse): void {
@@ -148,6 +179,7 @@ export class WatchStream {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.silenceTimer);
     this.call.cancel();
     this.side.dropStreamClient(this.client);
   }

@@ -80,6 +80,11 @@ async function recheck(primary: EtcdSide, standby: EtcdSide, findings: Findings,
  * latest against latest, and every finding is re-checked after a settle delay so that writes
  * that were only in flight drop out.
  */
+/** The primary's revision as the check ends: what the standby is behind by is measured against it. */
+async function primaryNow(primary: EtcdSide, options: AuditOptions): Promise<bigint> {
+  return (await options.retry('read primary revision', () => readHeader(primary))).revision;
+}
+
 export async function audit(primary: EtcdSide, standby: EtcdSide, options: AuditOptions): Promise<CheckReport> {
   const [stored, primaryHeader] = await Promise.all([
     options.retry('read checkpoint', () => readCheckpoint(standby, options.checkpointKey)),
@@ -91,7 +96,8 @@ export async function audit(primary: EtcdSide, standby: EtcdSide, options: Audit
       const { findings, inScope } = await compareAt(primary, standby, checkpoint.revision, stored.standbyRevision, options);
       return {
         consistent: isConsistent(findings),
-        primaryRevision: checkpoint.revision,
+        comparedAtRevision: checkpoint.revision,
+        primaryRevision: await primaryNow(primary, options),
         standbyRevision: stored.standbyRevision,
         mode: 'checkpoint',
         inScope,
@@ -111,7 +117,8 @@ export async function audit(primary: EtcdSide, standby: EtcdSide, options: Audit
   }
   return {
     consistent: isConsistent(findings),
-    primaryRevision: primaryHeader.revision,
+    comparedAtRevision: primaryHeader.revision,
+    primaryRevision: await primaryNow(primary, options),
     standbyRevision: standbyHeader.revision,
     mode: 'settled',
     inScope: first.inScope,
@@ -138,7 +145,7 @@ export function repairPlan(report: CheckReport, prune: boolean): RepairPlan {
   return {
     put: [...report.findings.missing, ...report.findings.different],
     delete: prune ? [...report.findings.surplus] : [],
-    ...(report.mode === 'checkpoint' ? { primaryRevision: report.primaryRevision, standbyRevision: report.standbyRevision } : {}),
+    ...(report.mode === 'checkpoint' ? { primaryRevision: report.comparedAtRevision, standbyRevision: report.standbyRevision } : {}),
   };
 }
 

@@ -14,17 +14,29 @@ import type { StandbyWriter } from './writer.js';
 export interface Checkpoint {
   revision: bigint;
   primaryClusterId: string;
+  /**
+   * When the record was written (RFC 3339): the standby holds the primary as it was then, so
+   * after a failover the primary's writes after this time are what was lost. Absent in records
+   * of older versions.
+   */
+  at?: string;
 }
 
 /** The record as stored: JSON; `write` makes every value unique (see CheckpointChain). */
 interface StoredCheckpoint {
   revision: string;
   primaryClusterId: string;
+  at?: string;
   write?: string;
 }
 
 export function encodeCheckpoint(checkpoint: Checkpoint, write: number): Buffer {
-  const stored: StoredCheckpoint = { revision: checkpoint.revision.toString(), primaryClusterId: checkpoint.primaryClusterId, write: String(write) };
+  const stored: StoredCheckpoint = {
+    revision: checkpoint.revision.toString(),
+    primaryClusterId: checkpoint.primaryClusterId,
+    at: checkpoint.at ?? new Date().toISOString(),
+    write: String(write),
+  };
   return Buffer.from(JSON.stringify(stored));
 }
 
@@ -33,7 +45,7 @@ export function decodeCheckpoint(value: Buffer): Checkpoint | undefined {
   try {
     const parsed = JSON.parse(value.toString()) as Partial<StoredCheckpoint>;
     if (typeof parsed.revision !== 'string' || !/^\d+$/.test(parsed.revision)) return undefined;
-    return { revision: BigInt(parsed.revision), primaryClusterId: String(parsed.primaryClusterId) };
+    return { revision: BigInt(parsed.revision), primaryClusterId: String(parsed.primaryClusterId), ...(typeof parsed.at === 'string' ? { at: parsed.at } : {}) };
   } catch {
     return undefined;
   }

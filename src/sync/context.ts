@@ -8,6 +8,7 @@ import type { EtcdSide } from '../etcd/connection.js';
 import type { Scope } from '../scope.js';
 import type { CheckpointChain } from './checkpoint.js';
 import type { LeaseMapper } from './leases.js';
+import type { PrimaryMonitor } from './primary-monitor.js';
 import type { Retry } from './retry.js';
 import type { StandbyWriter, WriterHooks } from './writer.js';
 
@@ -37,8 +38,10 @@ export interface SyncOptions {
   prune: boolean;
   /** How often a long diff logs its progress. */
   progressIntervalMs: number;
-  /** After this long without events, ask etcd for a progress notification so the checkpoint advances. */
+  /** After this long without events, ask etcd for a progress notification: the checkpoint advances, and a live stream answers. */
   idleProgressMs: number;
+  /** A primary (or its watch) silent for this long is unreachable: the watch reconnects, to the next endpoint. */
+  primaryTimeoutMs: number;
   /** Periodic check and repair of missing and different keys (surplus too with prune); 0 = off. */
   checkIntervalMs: number;
   /** The periodic check's settle delay (see AuditOptions.settleMs). */
@@ -62,6 +65,8 @@ export interface SyncContext {
   readonly signal: AbortSignal;
   /** Retries while an etcd is unreachable, until the signal aborts. */
   readonly retry: Retry;
-  /** Records the primary's revision as seen (lag). */
+  /** What is known of the primary: its revision, its last answer, the lag. */
+  readonly monitor: PrimaryMonitor;
+  /** The primary answered with `revision`; without one, the applied revision moved. */
   notePrimary(revision?: bigint): void;
 }

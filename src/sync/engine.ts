@@ -17,6 +17,7 @@ import { type DiffStats, type SyncProgress, fullDiff } from './full-diff.js';
 import { SelfHealer } from './heal.js';
 import { LeaseMapper, leaseKeyPrefix } from './leases.js';
 import { periodicChecks } from './periodic-check.js';
+import type { PrimaryMonitor } from './primary-monitor.js';
 import { replay } from './replay.js';
 import { AbortedError, type Retry, retrier } from './retry.js';
 import { StreamPipeline, newStreamCounters } from './stream.js';
@@ -35,10 +36,6 @@ export interface SyncHooks {
 export class SyncEngine implements SyncContext {
   state: SyncState = 'starting';
   lastDiff: DiffStats | undefined;
-  /** The primary's revision as last seen (watch headers, progress, reads). */
-  primaryRevision = 0n;
-  /** Since when the standby has been behind the primary (ms since epoch); undefined when caught up. */
-  behindSince: number | undefined;
   /** Full resyncs by reason. */
   readonly resyncs = new Map<string, number>();
   /** The latest periodic check (with what it repaired). */
@@ -57,6 +54,7 @@ export class SyncEngine implements SyncContext {
   constructor(
     readonly primary: EtcdSide,
     readonly standby: EtcdSide,
+    readonly monitor: PrimaryMonitor,
     readonly options: SyncOptions,
     readonly log: Logger,
     private readonly hooks: SyncHooks = {},
@@ -102,16 +100,15 @@ export class SyncEngine implements SyncContext {
     return this.counters.replayWindowsFetched;
   }
 
-  /** Revisions the standby is behind the primary. */
-  get lagRevisions(): bigint {
-    return this.primaryRevision > this.appliedRevision ? this.primaryRevision - this.appliedRevision : 0n;
+  /** The primary's revision as last seen (watch headers, progress, reads, the probe). */
+  get primaryRevision(): bigint {
+    return this.monitor.primaryRevision;
   }
 
-  /** Records the primary's revision (if newer) and whether the standby has caught up with it. */
-  notePrimary(revision = 0n): void {
-    if (revision > this.primaryRevision) this.primaryRevision = revision;
-    if (this.appliedRevision >= this.primaryRevision) this.behindSince = undefined;
-    else this.behindSince ??= Date.now();
+  /** The primary answered with `revision`; without one, the applied revision moved. */
+  notePrimary(revision?: bigint): void {
+    if (revision === undefined) this.monitor.refresh();
+    else this.monitor.noteContact(revision);
   }
 
   private countResync(reason: string): void {

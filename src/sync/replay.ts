@@ -76,7 +76,11 @@ async function replayWindows(ctx: SyncContext, pipeline: StreamPipeline, until: 
 
 /** Every in-scope event of revisions [from, to] of the primary, in order, over a watch of its own. */
 async function fetchWindow(ctx: SyncContext, from: bigint, to: bigint): Promise<WatchEvent[]> {
-  const watch = await WatchStream.open(ctx.primary, { key: ctx.scope.keyPrefix, rangeEnd: ctx.scope.rangeEnd, startRevision: from }, ctx.signal);
+  const watch = await WatchStream.open(
+    ctx.primary,
+    { key: ctx.scope.keyPrefix, rangeEnd: ctx.scope.rangeEnd, startRevision: from, silenceTimeoutMs: ctx.options.primaryTimeoutMs },
+    ctx.signal,
+  );
   // A window whose last revisions hold no watched key ends with a progress notification
   // (sent once the watcher has caught up) or with the first event after it.
   const progress = setInterval(() => watch.requestProgress(), WINDOW_PROGRESS_MS);

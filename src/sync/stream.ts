@@ -76,7 +76,11 @@ export class StreamPipeline {
       await ctx.retry('read checkpoint', () => ctx.checkpoint.load());
       if (until !== undefined && this.applied >= until) return;
       const watch = await ctx.retry('watch primary', () =>
-        WatchStream.open(ctx.primary, { key: ctx.scope.keyPrefix, rangeEnd: ctx.scope.rangeEnd, startRevision: this.applied + 1n }, ctx.signal),
+        WatchStream.open(
+          ctx.primary,
+          { key: ctx.scope.keyPrefix, rangeEnd: ctx.scope.rangeEnd, startRevision: this.applied + 1n, silenceTimeoutMs: ctx.options.primaryTimeoutMs },
+          ctx.signal,
+        ),
       );
       try {
         const done = await this.consume(watch, until);

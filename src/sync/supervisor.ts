@@ -5,40 +5,21 @@
  * renew its lease stops writing before the lease can expire. Pause and the promote fence are keys
  * beside it, so all replicas see one toggle.
  */
-import path from 'node:path';
 import type { Logger } from 'pino';
 import { FencedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
 import { type Compare, readKey, txn } from '../etcd/kv.js';
 import { leaseGrant, leaseKeepAliveOnce, leaseRevoke } from '../etcd/lease.js';
 import { AbortedError, delay, retrier } from './retry.js';
+import { type ControlKeys, type ControlState, type LeaderStatus, describeRecord, readControl } from './control-keys.js';
+import type { PrimaryMonitor } from './primary-monitor.js';
 import type { SyncEngine } from './engine.js';
 import type { Fence } from './writer.js';
 
-export interface ControlKeys {
-  leader: Buffer;
-  paused: Buffer;
-  fenced: Buffer;
-}
-
-/** `/etcd-sync/checkpoint` → `/etcd-sync/leader`, `/etcd-sync/control/paused`, `/etcd-sync/control/fenced`. */
-export function controlKeys(checkpointKey: Buffer): ControlKeys {
-  const dir = path.posix.dirname(checkpointKey.toString());
-  const at = (name: string): Buffer => Buffer.from(`${dir === '/' ? '' : dir}/${name}`);
-  return { leader: at('leader'), paused: at('control/paused'), fenced: at('control/fenced') };
-}
-
 export type Role = 'leader' | 'follower';
 
-export interface ControlState {
-  paused: boolean;
-  fenced: boolean;
-}
-
-export async function readControl(standby: EtcdSide, keys: ControlKeys): Promise<ControlState> {
-  const [paused, fenced] = await Promise.all([readKey(standby, keys.paused), readKey(standby, keys.fenced)]);
-  return { paused: paused !== undefined, fenced: fenced !== undefined };
-}
+/** A fenced standby says so in the log at start and this often after. */
+const FENCED_WARNING_MS = 5 * 60_000;
 
 export interface SupervisorOptions {
   identity: string;
@@ -47,13 +28,22 @@ export interface SupervisorOptions {
   leaseTtlSeconds: number;
   /** How often followers look for a free leadership and the leader for pause/fence. */
   pollMs: number;
+  /** How often the leader publishes its status (keys.status). */
+  publishMs: number;
+  /** A standby that has not answered for this long makes a follower not ready. */
+  standbyTimeoutMs: number;
 }
 
 export class Supervisor {
   role: Role = 'follower';
   engine: SyncEngine | undefined;
   /** What this replica does; 'engine' defers to the running engine's own state. */
-  private phase: 'follower' | 'paused' | 'fenced' | 'engine' | 'stopped' = 'follower';
+  private phase: 'starting' | 'follower' | 'paused' | 'fenced' | 'engine' | 'stopped' = 'starting';
+  /** The pause and fence toggles as last read, with who set them. */
+  control: ControlState = {};
+  /** When the standby last answered this replica (ms since epoch). */
+  private standbyContactAt: number | undefined;
+  private fencedWarnedAt: number | undefined;
 
   /** 'follower', 'paused', 'fenced', 'stopped', or the running engine's state. */
   get state(): string {
@@ -68,24 +58,53 @@ export class Supervisor {
     /** A new engine for each term, writing behind the given fence. */
     private readonly newEngine: (fence: Fence) => SyncEngine,
     private readonly log: Logger,
+    private readonly monitor: PrimaryMonitor,
   ) {
     this.ttl = options.leaseTtlSeconds;
     this.pollMs = options.pollMs;
   }
 
   private retry<T>(what: string, fn: () => Promise<T>, signal: AbortSignal): Promise<T> {
-    return retrier({ log: this.log, signal, maxDelayMs: 2_000 })(what, fn);
+    return retrier({ log: this.log, signal, maxDelayMs: 2_000 })(what, async () => {
+      const result = await fn();
+      this.standbyContactAt = Date.now();
+      return result;
+    });
+  }
+
+  /** The standby answered this replica within standbyTimeoutMs: a follower could take over. */
+  standbyReachable(now = Date.now()): boolean {
+    return this.standbyContactAt !== undefined && now - this.standbyContactAt <= this.options.standbyTimeoutMs;
+  }
+
+  private async readControl(signal: AbortSignal): Promise<ControlState> {
+    this.control = await this.retry('read control keys', () => readControl(this.standby, this.options.keys), signal);
+    return this.control;
+  }
+
+  /** Says that the standby is fenced: at once, then every FENCED_WARNING_MS. */
+  private warnFenced(): void {
+    const now = Date.now();
+    if (this.fencedWarnedAt !== undefined && now - this.fencedWarnedAt < FENCED_WARNING_MS) return;
+    this.fencedWarnedAt = now;
+    const fence = this.control.fenced;
+    this.log.warn(
+      { fencedBy: fence?.by, fencedAt: fence?.at, reason: fence?.reason },
+      `the standby is fenced (promoted) ${fence ? describeRecord(fence) : ''}: etcd-sync writes nothing into it; etcd-sync unfence lifts the fence`,
+    );
   }
 
   async run(signal: AbortSignal): Promise<void> {
     try {
       while (!signal.aborted) {
-        const control = await this.retry('read control keys', () => readControl(this.standby, this.options.keys), signal);
+        const control = await this.readControl(signal);
         if (control.fenced) {
           this.phase = 'fenced';
+          this.warnFenced();
           await delay(this.pollMs, signal);
           continue;
         }
+        this.fencedWarnedAt = undefined;
         this.phase = 'follower';
         const term = await this.campaign(signal);
         if (!term) continue;
@@ -167,12 +186,14 @@ export class Supervisor {
         }
       }
     })();
+    const publishing = this.publish(term, stepDown.signal);
     try {
       // One term, several phases: each ends when the pause/fence toggle changes.
       while (!stepDown.signal.aborted && !lost) {
-        const control = await this.retry('read control keys', () => readControl(this.standby, this.options.keys), stepDown.signal);
+        const control = await this.readControl(stepDown.signal);
         if (control.fenced) {
           this.phase = 'fenced';
+          this.warnFenced();
           lost = 'the standby is fenced (promoted)';
           break;
         }
@@ -183,7 +204,7 @@ export class Supervisor {
         try {
           if (control.paused) {
             this.phase = 'paused';
-            this.log.info('paused: not applying; keeping the place in the primary history');
+            this.log.info({ pausedBy: control.paused.by, pausedAt: control.paused.at, reason: control.paused.reason }, 'paused: not applying; keeping the place in the primary history');
             await new Promise<void>((resolve) => phase.signal.addEventListener('abort', () => resolve(), { once: true }));
             if (!stepDown.signal.aborted) this.log.info('resumed');
           } else {
@@ -202,7 +223,10 @@ export class Supervisor {
       stepDown.abort();
       signal.removeEventListener('abort', onAbort);
       await keepalive;
+      await publishing;
       this.role = 'follower';
+      // No engine applies here any more: the applied revision is the standby's checkpoint.
+      this.monitor.setAppliedSource(undefined);
       if (this.phase !== 'fenced') this.phase = 'follower';
       if (lost) this.log.warn({ identity: this.options.identity, reason: lost }, 'lost leadership');
       // Hand over at once instead of letting the lease run out (harmless if it is gone already).
@@ -212,9 +236,56 @@ export class Supervisor {
   }
 
   private async runEngine(term: { createRevision: bigint }, signal: AbortSignal): Promise<void> {
-    this.engine = this.newEngine(this.fence(term));
+    const engine = this.newEngine(this.fence(term));
+    this.engine = engine;
+    this.monitor.setAppliedSource(() => engine.appliedRevision);
     this.phase = 'engine';
-    await this.engine.run(signal);
+    await engine.run(signal);
+  }
+
+  /** What this replica knows, as the leader publishes it for `etcd-sync status`. */
+  leaderStatus(now = Date.now()): LeaderStatus {
+    const m = this.monitor;
+    return {
+      identity: this.options.identity,
+      state: this.state,
+      appliedRevision: m.appliedRevision.toString(),
+      primaryRevision: m.primaryRevision.toString(),
+      lagRevisions: m.lagRevisions.toString(),
+      lagSeconds: Math.round(m.lagSeconds(now) * 10) / 10,
+      primaryReachable: m.reachable(now),
+      lastPrimaryContact: m.lastContactAt === undefined ? null : new Date(m.lastContactAt).toISOString(),
+      at: new Date(now).toISOString(),
+    };
+  }
+
+  /**
+   * While leading: puts leaderStatus() into keys.status, attached to the leadership lease (gone
+   * with the leader) and guarded by the leader key, when the state or the primary's reachability
+   * changes and every publishMs.
+   */
+  private async publish(term: { lease: string; createRevision: bigint }, signal: AbortSignal): Promise<void> {
+    let lastState = '';
+    let lastAt = 0;
+    while (!signal.aborted) {
+      const now = Date.now();
+      const state = `${this.state} ${this.monitor.reachable(now)}`;
+      if (state !== lastState || now - lastAt >= this.options.publishMs) {
+        const status = this.leaderStatus(now);
+        try {
+          await txn(
+            this.standby,
+            [{ type: 'put', key: this.options.keys.status, value: Buffer.from(JSON.stringify(status)), lease: term.lease }],
+            [{ key: this.options.keys.leader, target: 'Create', result: 'Equal', version: term.createRevision }],
+          );
+          lastState = state;
+          lastAt = now;
+        } catch {
+          // The next tick tries again; an unreachable standby shows in readiness.
+        }
+      }
+      if (!(await delay(Math.min(500, this.options.publishMs), signal))) return;
+    }
   }
 
   /** Ends the phase when the pause or fence toggle differs from what the phase started with. */
@@ -222,7 +293,9 @@ export class Supervisor {
     while (await delay(this.pollMs, phase.signal)) {
       try {
         const now = await readControl(this.standby, this.options.keys);
-        if (now.paused !== started.paused || now.fenced !== started.fenced) {
+        this.control = now;
+        this.standbyContactAt = Date.now();
+        if (!now.paused !== !started.paused || !now.fenced !== !started.fenced) {
           phase.abort();
           return;
         }

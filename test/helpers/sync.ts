@@ -8,7 +8,8 @@ import { EtcdSide } from '../../src/etcd/connection.js';
 import { Scope, defaultScopeRules, prefixEnd } from '../../src/scope.js';
 import { SyncEngine, type SyncOptions } from '../../src/sync/engine.js';
 import { buildProgram } from '../../src/cli/program.js';
-import { type RunConfig, runConfig, syncOptions } from '../../src/cli/options/run.js';
+import { type RunConfig, SYNC_TUNING, runConfig, syncOptions } from '../../src/cli/options/run.js';
+import { PrimaryMonitor } from '../../src/sync/primary-monitor.js';
 import type { EtcdServer } from './etcd.js';
 import { waitFor } from './wait.js';
 
@@ -83,7 +84,10 @@ export function engineOptions(primary: EtcdServer, standby: EtcdServer, override
 export function startEngine(primary: EtcdServer, standby: EtcdServer, options: Partial<SyncOptions> = {}): RunningEngine {
   const p = new EtcdSide(primary.sideConfig('primary'));
   const s = new EtcdSide(standby.sideConfig('standby'));
-  const engine = new SyncEngine(p, s, engineOptions(primary, standby, options), quietLog);
+  const engineConfig = engineOptions(primary, standby, options);
+  const monitor = new PrimaryMonitor({ primaryTimeoutMs: engineConfig.primaryTimeoutMs, probeIntervalMs: SYNC_TUNING.primaryProbeMs }, quietLog);
+  const engine = new SyncEngine(p, s, monitor, engineConfig, quietLog);
+  monitor.setAppliedSource(() => engine.appliedRevision);
   const controller = new AbortController();
   const done = engine.run(controller.signal).finally(() => {
     p.close();

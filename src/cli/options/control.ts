@@ -1,14 +1,37 @@
-/** `etcd-sync pause|resume|promote|unfence|status`: their flags and the typed config. */
+/** `etcd-sync pause|resume|promote|unfence|status`: their flags with their defaults and the typed config. */
 import { type Command, Option } from 'commander';
 import { ConfigError } from '../../errors.js';
 import type { EtcdSideConfig } from '../../etcd/connection.js';
 import type { ScopeRules } from '../../scope.js';
 import { CHECK_DEFAULTS } from './check.js';
-import { type Options, WRITE_DEFAULTS, addConnectionOptions, addLogOptions, addScopeOptions, checkpointKeyOption, given, outputConfig, outputOption, scopeConfig, sideConfig, str } from './common.js';
+import {
+  type Options,
+  WRITE_DEFAULTS,
+  addConnectionOptions,
+  addLogOptions,
+  addScopeOptions,
+  checkpointKeyOption,
+  durationText,
+  given,
+  nonNegativeInt,
+  outputConfig,
+  outputOption,
+  parseDuration,
+  scopeConfig,
+  sideConfig,
+  str,
+} from './common.js';
+import { RUN_DEFAULTS, primaryTimeout } from './run.js';
 
 export type ControlCommand = 'pause' | 'resume' | 'promote' | 'unfence' | 'status';
 
 export const CONTROL_DEFAULTS = {
+  /**
+   * How long a planned promote waits for the standby to apply the primary's last revision and
+   * for the primary to stop moving.
+   * @default 60s
+   */
+  waitMs: 60_000,
   /** @default 'warn' */
   logLevel: 'warn',
 } as const;
@@ -21,6 +44,14 @@ export interface ControlConfig {
   /** promote's final check compares this scope; the other commands compare nothing. */
   scope?: ScopeRules;
   force: boolean;
+  dryRun: boolean;
+  /** Why, recorded with the actor by pause, resume, promote and unfence. */
+  reason: string;
+  waitMs: number;
+  /** A primary that does not answer within this is unreachable (promote, status). */
+  primaryTimeoutMs: number;
+  /** status exits 0 only within this lag (as /readyz of `run`). */
+  readyMaxLag: number;
   output: 'text' | 'json';
   logLevel: string;
   /** promote's final check reads as `check` does, with check's defaults. */
@@ -31,9 +62,30 @@ export interface ControlConfig {
 export function addControlOptions(command: ControlCommand): (cmd: Command) => Command {
   return (cmd) => {
     addConnectionOptions(cmd, 'standby');
-    if (command === 'promote' || command === 'status') addConnectionOptions(cmd, 'primary');
-    if (command === 'promote') cmd.addOption(new Option('--force', 'promote even when the final check fails or cannot run (primary lost)'));
-    if (command === 'status') cmd.addOption(outputOption('output format'));
+    if (command === 'promote' || command === 'status') {
+      addConnectionOptions(cmd, 'primary');
+      cmd.addOption(
+        new Option('--primary-timeout <duration>', 'a primary that does not answer within this is unreachable')
+          .argParser(parseDuration('--primary-timeout'))
+          .default(RUN_DEFAULTS.primaryTimeoutMs, durationText(RUN_DEFAULTS.primaryTimeoutMs)),
+      );
+    }
+    if (command !== 'status') cmd.addOption(new Option('--reason <text>', 'why: recorded with who ran it, shown by status'));
+    if (command === 'promote') {
+      cmd
+        .addOption(new Option('--force', 'the primary is lost: fence without waiting or checking, and print what is lost'))
+        .addOption(new Option('--dry-run', 'print the decision and the gap, write nothing'))
+        .addOption(
+          new Option('--wait <duration>', "how long to wait for the standby to apply the primary's last revision")
+            .argParser(parseDuration('--wait'))
+            .default(CONTROL_DEFAULTS.waitMs, durationText(CONTROL_DEFAULTS.waitMs)),
+        );
+    }
+    if (command === 'status') {
+      cmd
+        .addOption(outputOption('output format'))
+        .addOption(new Option('--ready-max-lag <revisions>', 'exit 0 only when the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(RUN_DEFAULTS.readyMaxLag));
+    }
     if (command === 'promote') addScopeOptions(cmd);
     else cmd.addOption(checkpointKeyOption());
     return addLogOptions(cmd, CONTROL_DEFAULTS.logLevel);
@@ -48,6 +100,7 @@ export function controlConfig(command: ControlCommand, options: Options): Contro
     checkpointKey = Buffer.from(given<string>(options, 'checkpointKey'));
     if (checkpointKey.length === 0) throw new ConfigError('--checkpoint-key is empty');
   }
+  const readsPrimary = command === 'promote' || command === 'status';
   return {
     command,
     standby: sideConfig(options, 'standby'),
@@ -55,6 +108,11 @@ export function controlConfig(command: ControlCommand, options: Options): Contro
     checkpointKey,
     ...(scope ? { scope } : {}),
     force: options.force === true,
+    dryRun: options.dryRun === true,
+    reason: str(options, 'reason') ?? '',
+    waitMs: command === 'promote' ? given(options, 'wait') : 0,
+    primaryTimeoutMs: readsPrimary ? primaryTimeout(options) : RUN_DEFAULTS.primaryTimeoutMs,
+    readyMaxLag: command === 'status' ? given(options, 'readyMaxLag') : RUN_DEFAULTS.readyMaxLag,
     output: command === 'status' ? outputConfig(options) : 'text',
     logLevel: given(options, 'logLevel'),
     pageSize: WRITE_DEFAULTS.pageSize,

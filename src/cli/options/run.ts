@@ -55,6 +55,13 @@ export const RUN_DEFAULTS = {
    * @default 1s
    */
   healDelayMs: 1_000,
+  /**
+   * A primary that has not answered for this long is unreachable: its watch reconnects (to the
+   * next endpoint), /readyz turns 503 and etcd_sync_primary_up 0. The watch asks for progress
+   * every 5 s while idle, so a live primary always answers well within it.
+   * @default 15s
+   */
+  primaryTimeoutMs: 15_000,
   /** @default 'info' */
   logLevel: 'info',
 } as const;
@@ -70,8 +77,10 @@ export const SYNC_TUNING = {
   replayWindows: 64,
   /** How often a long diff logs its progress. */
   progressIntervalMs: 5_000,
-  /** After this long without events, ask etcd for a progress notification so the checkpoint advances. */
+  /** After this long without events, ask etcd for a progress notification (the checkpoint advances; a live stream answers). */
   idleProgressMs: 5_000,
+  /** How often the probe reads the primary's revision, in every state. */
+  primaryProbeMs: 5_000,
   /** How often followers look for a free leadership and the leader for pause and fence. */
   controlPollMs: 1_000,
 } as const;
@@ -98,6 +107,7 @@ export interface RunConfig extends WriteConfig {
   version: string;
   readyMaxLag: number;
   leaseTtlSeconds: number;
+  primaryTimeoutMs: number;
 }
 
 export function addRunOptions(cmd: Command): Command {
@@ -112,6 +122,11 @@ export function addRunOptions(cmd: Command): Command {
     .addOption(new Option('--encryption-config <file>', "the standby's EncryptionConfiguration: check that every encrypted value written is readable there"))
     .addOption(new Option('--stream-txns <n>', 'streaming transactions in flight (each applies only right after the one before it)').argParser(positiveInt('--stream-txns')).default(d.streamTxns))
     .addOption(
+      new Option('--primary-timeout <duration>', 'a primary silent this long is unreachable: the watch reconnects, /readyz turns 503')
+        .argParser(parseDuration('--primary-timeout'))
+        .default(d.primaryTimeoutMs, durationText(d.primaryTimeoutMs)),
+    )
+    .addOption(
       new Option('--heal-delay <duration>', 'wait before restoring a synced key changed on the standby (doubles per key while it keeps happening)')
         .argParser(parseDuration('--heal-delay'))
         .default(d.healDelayMs, durationText(d.healDelayMs)),
@@ -121,6 +136,13 @@ export function addRunOptions(cmd: Command): Command {
   addScopeOptions(cmd);
   addWriteOptions(cmd);
   return addLogOptions(cmd, d.logLevel);
+}
+
+/** At least a second: a shorter one takes a primary's ordinary pauses for an outage. */
+export function primaryTimeout(options: Options): number {
+  const ms = given<number>(options, 'primaryTimeout');
+  if (ms < 1_000) throw new ConfigError(`--primary-timeout must be at least 1s, not ${ms} ms`);
+  return ms;
 }
 
 function httpAddress(options: Options): string | undefined {
@@ -152,7 +174,16 @@ export function runConfig(options: Options, edge: { identity: string; version: s
     version: edge.version,
     readyMaxLag: given(options, 'readyMaxLag'),
     leaseTtlSeconds: given(options, 'leaseTtl'),
+    primaryTimeoutMs: primaryTimeout(options),
   };
+}
+
+/**
+ * How often to ask a live primary for an answer: the tuned interval, but at least three times
+ * within --primary-timeout, so that a live primary never looks silent.
+ */
+export function livenessInterval(tunedMs: number, primaryTimeoutMs: number): number {
+  return Math.max(100, Math.min(tunedMs, Math.floor(primaryTimeoutMs / 3)));
 }
 
 /** The engine's options for a run: its flags and the tuning below them. */
@@ -172,6 +203,7 @@ export function syncOptions(config: RunConfig, scope: Scope): SyncOptions {
     replayWindowRevisions: SYNC_TUNING.replayWindowRevisions,
     replayWindows: SYNC_TUNING.replayWindows,
     progressIntervalMs: SYNC_TUNING.progressIntervalMs,
-    idleProgressMs: SYNC_TUNING.idleProgressMs,
+    idleProgressMs: livenessInterval(SYNC_TUNING.idleProgressMs, config.primaryTimeoutMs),
+    primaryTimeoutMs: config.primaryTimeoutMs,
   };
 }
