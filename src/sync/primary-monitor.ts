@@ -42,7 +42,10 @@ export class PrimaryMonitor {
   checkpointRevision = 0n;
   /** The primary revision applied on the standby: the running engine's, else the checkpoint. */
   private appliedSource: (() => bigint | undefined) | undefined;
-  private unreachableLogged = false;
+  /** Whether the last look (watchReachability) found the primary reachable. */
+  private wasReachable = true;
+  /** Why the probe's last read failed, for the log line of an outage. */
+  private lastProbeError: string | undefined;
 
   constructor(
     readonly options: PrimaryMonitorOptions,
@@ -61,10 +64,11 @@ export class PrimaryMonitor {
 
   /** The primary answered (with its revision, when the answer carried one). */
   noteContact(revision = 0n, now = Date.now()): void {
-    if (this.unreachableLogged && this.lastContactAt !== undefined) {
-      this.log?.info({ outageSeconds: Math.round((now - this.lastContactAt) / 1000) }, 'primary reachable again');
+    if (!this.wasReachable) {
+      this.wasReachable = true;
+      const outageSeconds = this.lastContactAt === undefined ? null : Math.round((now - this.lastContactAt) / 1000);
+      this.log?.info({ outageSeconds }, 'primary reachable again');
     }
-    this.unreachableLogged = false;
     this.lastContactAt = now;
     if (revision > this.primaryRevision) this.primaryRevision = revision;
     this.refresh(now);
@@ -104,18 +108,16 @@ export class PrimaryMonitor {
    */
   async probe(primary: EtcdSide, standby: EtcdSide, checkpointKey: Buffer, signal: AbortSignal): Promise<void> {
     const timeout = this.options.primaryTimeoutMs;
+    // The outage is logged when it starts, not when a probe stuck in a silent connection gives up.
+    const watcher = setInterval(() => this.watchReachability(), Math.min(1_000, this.options.probeIntervalMs));
+    signal.addEventListener('abort', () => clearInterval(watcher), { once: true });
     do {
-      let failure: unknown;
       try {
         const header = await withDeadline(`${primary.name} etcd`, timeout, readHeader(primary));
+        this.lastProbeError = undefined;
         this.noteContact(header.revision);
       } catch (err) {
-        failure = err;
-      }
-      if (!this.reachable() && !this.unreachableLogged && !signal.aborted) {
-        this.unreachableLogged = true;
-        const lastContact = this.lastContactAt === undefined ? null : new Date(this.lastContactAt).toISOString();
-        this.log?.warn({ err: failure === undefined ? 'no answer' : describeError(failure), lastContact }, 'primary unreachable');
+        this.lastProbeError = describeError(err);
       }
       try {
         const stored = await withDeadline(`${standby.name} etcd`, timeout, readCheckpoint(standby, checkpointKey));
@@ -125,5 +127,14 @@ export class PrimaryMonitor {
         // The standby's own outage shows in readiness (Supervisor.standbyReachable).
       }
     } while (await delay(this.options.probeIntervalMs, signal));
+    clearInterval(watcher);
+  }
+
+  /** Logs the start of an outage: the primary silent for longer than the timeout. */
+  private watchReachability(now = Date.now()): void {
+    if (!this.wasReachable || this.reachable(now) || this.lastContactAt === undefined) return;
+    this.wasReachable = false;
+    const err = this.lastProbeError ?? `no answer for ${Math.round((now - this.lastContactAt) / 1000)} s`;
+    this.log?.warn({ err, lastContact: new Date(this.lastContactAt).toISOString() }, 'primary unreachable');
   }
 }
