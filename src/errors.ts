@@ -52,6 +52,16 @@ export class CompactedError extends EtcdSyncError {
   }
 }
 
+/**
+ * The primary is not the history etcd-sync applied: its revision is below the applied one
+ * (restored from an older backup) or its cluster ID changed (replaced). The engine resyncs from
+ * the primary as it is now.
+ */
+export class PrimaryChangedError extends EtcdSyncError {
+  readonly retryable = false;
+  readonly exitCode = 1;
+}
+
 /** A write was refused because this instance is not allowed to write (deposed leader, promoted standby). */
 export class FencedError extends EtcdSyncError {
   readonly retryable = false;
@@ -70,6 +80,22 @@ export class TooLargeError extends EtcdSyncError {
  */
 export class CheckpointChangedError extends EtcdSyncError {
   readonly retryable = true;
+  readonly exitCode = 1;
+}
+
+/**
+ * The etcd answers but takes no writes for now: its NOSPACE alarm is raised (database space
+ * exceeded). An outage of that etcd, not a mistake in the request: retried until it takes writes
+ * again (the operator compacts, defragments and disarms the alarm).
+ */
+export class WriteRefusedError extends EtcdSyncError {
+  readonly retryable = true;
+  readonly exitCode = 1;
+}
+
+/** A request over the etcd's --max-request-bytes: sent again as it is, it fails again. */
+export class RequestTooLargeError extends EtcdSyncError {
+  readonly retryable = false;
   readonly exitCode = 1;
 }
 
@@ -139,6 +165,12 @@ export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
   }
   if (text.includes('required revision has been compacted')) {
     return new CompactedError(`${where}: required revision has been compacted`, undefined);
+  }
+  if (text.includes('database space exceeded')) {
+    return new WriteRefusedError(`${where}: refuses writes: database space exceeded (its NOSPACE alarm is raised: compact, defragment, then etcdctl alarm disarm)`, cause);
+  }
+  if (text.includes('request is too large')) {
+    return new RequestTooLargeError(`${where}: request is too large for the etcd's --max-request-bytes`, cause);
   }
   if (code === RESOURCE_EXHAUSTED || text.includes('received message larger than max')) {
     return new TooLargeError(`${where}: reply too large: ${short}`, cause);

@@ -57,6 +57,7 @@ export class SyncMetrics {
     gauge('primary_last_contact_timestamp_seconds', 'When the primary last answered (Unix time); 0 when it never did.', () => (monitor.lastContactAt ?? 0) / 1000);
     gauge('self_heals_total', 'Keys restored after a change on the standby by someone else.', () => engine()?.healer?.heals ?? 0);
     gauge('self_heal_pending_keys', 'Keys changed on the standby by someone else that wait to be looked at and restored.', () => engine()?.healer?.pendingKeys ?? 0);
+    gauge('unreplicable_keys', "Keys the standby refuses even alone (over its --max-request-bytes): skipped, listed in /status.", () => engine()?.writer.unreplicable.size ?? 0);
     gauge('unreadable_encrypted_values', "Keys written whose encrypted value the standby's apiserver cannot read.", sources.unreadableEncryptedValues);
     gauge('leader', '1 on the replica that leads (writes).', () => (sources.isLeader() ? 1 : 0));
     new Gauge({

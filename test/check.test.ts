@@ -64,10 +64,11 @@ describe('etcd-sync check', () => {
       primaryRevision: expect.any(Number),
       unappliedRevisions: expect.any(Number),
       standbyRevision: expect.any(Number),
-      counts: { inScope: 4, missing: 2, surplus: 1, different: 1 },
+      counts: { inScope: 4, missing: 2, surplus: 1, different: 1, unreplicable: 0 },
       missing: [`base64:${binaryKey.toString('base64')}`, '/registry/pods/apps/a'],
       surplus: ['/registry/secrets/apps/only-here'],
       different: ['/registry/pods/apps/b'],
+      unreplicable: [],
     });
     const cp = JSON.parse((await snapshot(s, Buffer.from('/etcd-sync/checkpoint'))).get('/etcd-sync/checkpoint')!.value.toString());
     expect(report.comparedAtRevision).toBe(Number(cp.revision));
@@ -110,7 +111,7 @@ describe('etcd-sync check', () => {
     expect(r.code).toBe(1);
     const report = JSON.parse(r.stdout);
     expect(report.repaired).toEqual({ put: 3, deleted: 0 });
-    expect(report.counts).toEqual({ inScope: 4, missing: 0, surplus: 1, different: 0 });
+    expect(report.counts).toEqual({ inScope: 4, missing: 0, surplus: 1, different: 0, unreplicable: 0 });
     const after = await snapshot(s);
     expect(after.get('/registry/pods/apps/a')?.value.toString()).toBe('a');
     expect(after.get('/registry/pods/apps/b')?.value.toString()).toBe('b');

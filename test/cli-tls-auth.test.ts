@@ -113,11 +113,14 @@ describe('TLS, auth and bad input', () => {
     expectOneLine(r.output, 'standby etcd', standby.endpoint, 'authentication failed');
   });
 
-  it('the same etcd on both sides: refused, exit 2', async () => {
+  it('the same etcd on both sides: refused, exit 2, before anything is written into it', async () => {
+    const revision = async (): Promise<string> => (await p.kv.range({ key: Buffer.from('x') })).header.revision;
+    const before = await revision();
     const args = ['run', ...primary.cliArgs('primary'), ...primary.cliArgs('standby')];
     const r = await exitOf(args);
     expect(r.code).toBe(2);
     expect(r.output).toContain('primary and standby are the same etcd cluster');
+    expect(await revision()).toBe(before);
   });
 
   it('--version prints the package version, exit 0', async () => {

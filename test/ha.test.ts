@@ -3,7 +3,7 @@ import type { Etcd3 } from 'etcd3';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
-import { type CliProcess, runCli, snapshot, waitInSync } from './helpers/sync.js';
+import { type CliProcess, runCli, snapshot, waitInSync, httpPort } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 const TTL = 3;
@@ -38,7 +38,7 @@ describe('high availability and control', () => {
     return r;
   };
   const leaders = (): CliProcess[] => replicas.filter((r) => r.output().includes('"msg":"acquired leadership"'));
-  const port = (r: CliProcess): number => Number(/"address":"[^"]*:(\d+)","msg":"http listening"/.exec(r.output())?.[1]);
+  const port = (r: CliProcess): number => httpPort(r);
   const status = async (r: CliProcess): Promise<{ role: string; state: string; identity: string }> => (await fetch(`http://127.0.0.1:${port(r)}/status`)).json() as never;
   const control = async (...args: string[]): Promise<{ code: number | null; out: string }> => {
     const c = runCli(args);

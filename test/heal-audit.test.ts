@@ -43,6 +43,7 @@ describe('audits under writes, self-healing, periodic check', () => {
         scope: new Scope(defaultScopeRules()),
         checkpointKey: Buffer.from(checkpointKey),
         pageSize: WRITE_DEFAULTS.pageSize,
+        maxTxnOps: WRITE_DEFAULTS.maxTxnOps,
         settleMs,
         retry: (what, fn) => withRetry(what, fn, { log: quietLog }),
       });

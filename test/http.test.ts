@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
-import { packageVersion, putMany, runCli, snapshot } from './helpers/sync.js';
+import { packageVersion, putMany, runCli, snapshot, httpPort } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 describe('HTTP surface of run', () => {
@@ -24,7 +24,7 @@ describe('HTTP surface of run', () => {
     const cli = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--identity', 'sync-0', '--ready-max-lag', '0']);
     try {
       await cli.waitForLog('http listening');
-      const port = Number(/"address":"[^"]*:(\d+)"/.exec(cli.output())?.[1]);
+      const port = httpPort(cli);
       const get = async (path: string): Promise<{ status: number; body: string }> => {
         const res = await fetch(`http://127.0.0.1:${port}${path}`);
         return { status: res.status, body: await res.text() };
@@ -78,6 +78,8 @@ describe('HTTP surface of run', () => {
         lastPrimaryContact: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
         paused: null,
         fenced: null,
+        unreplicable: [],
+        standbyUnavailable: null,
         lastCheck: null,
       });
       expect(metrics.get('etcd_sync_primary_up')).toBe(1);

@@ -10,7 +10,7 @@ import type { EtcdServer } from './helpers/etcd.js';
 import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
 import { Proxy } from './helpers/proxy.js';
-import { type CliProcess, putMany, runCli, waitInSync } from './helpers/sync.js';
+import { type CliProcess, putMany, runCli, waitInSync, httpPort } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 /** --primary-timeout of the runs here: short, so the tests are (the default is 15 s; OUTAGE_TIMEOUT_S=15 measures detection with it). */
@@ -44,7 +44,7 @@ describe('the primary silent, killed or paused: every signal says so', () => {
     running = runCli(['run', '--primary-endpoints', proxy.endpoint, ...standby.cliArgs('standby'), '--primary-timeout', `${TIMEOUT_S}s`, '--identity', 'outage-0']);
     const cli = running;
     await cli.waitForLog('http listening');
-    const port = Number(/"address":"[^"]*:(\d+)","msg":"http listening"/.exec(cli.output())?.[1]);
+    const port = httpPort(cli);
     const get = async (path: string): Promise<{ status: number; body: string }> => {
       const res = await fetch(`http://127.0.0.1:${port}${path}`);
       return { status: res.status, body: await res.text() };

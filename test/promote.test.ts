@@ -8,7 +8,7 @@ import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
-import { type CliProcess, putMany, runCli, snapshot, waitInSync } from './helpers/sync.js';
+import { type CliProcess, putMany, runCli, snapshot, waitInSync, httpPort } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 describe('promote and the fence', () => {
@@ -27,7 +27,7 @@ describe('promote and the fence', () => {
     ]);
     sync = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--identity', 'promote-0']);
     await sync.waitForLog('http listening');
-    port = Number(/"address":"[^"]*:(\d+)","msg":"http listening"/.exec(sync.output())?.[1]);
+    port = httpPort(sync);
     await waitFor(async () => (await syncStatus()).state === 'streaming', { timeoutMs: 30_000, message: 'never streaming' });
     await waitInSync(p, s);
   });

@@ -40,6 +40,7 @@ describe('report output', () => {
       surplus: [Buffer.from('/registry/secrets/default/s')],
       different: [Buffer.from([0x2f, 0xff])],
     },
+    unreplicable: [],
     checkedAt: 0,
   };
   it('JSON has the documented shape', () => {
@@ -49,10 +50,11 @@ describe('report output', () => {
       primaryRevision: 42,
       unappliedRevisions: 0,
       standbyRevision: 7,
-      counts: { inScope: 10, missing: 2, surplus: 1, different: 1 },
+      counts: { inScope: 10, missing: 2, surplus: 1, different: 1, unreplicable: 0 },
       missing: ['/registry/pods/apps/a', '/registry/pods/apps/b'],
       surplus: ['/registry/secrets/default/s'],
       different: ['base64:L/8='],
+      unreplicable: [],
     });
     expect(toJson({ ...report, repaired: { put: 3, deleted: 1 } }).repaired).toEqual({ put: 3, deleted: 1 });
   });

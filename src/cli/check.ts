@@ -42,7 +42,7 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
       const control = await retry('read control keys', () => readControl(standby, keys));
       if (control.fenced) throw fencedError(control.fenced);
     }
-    const auditOptions = { scope, checkpointKey: config.checkpointKey, pageSize: config.pageSize, settleMs: config.settleMs, retry, signal: controller.signal };
+    const auditOptions = { scope, checkpointKey: config.checkpointKey, pageSize: config.pageSize, maxTxnOps: config.maxTxnOps, settleMs: config.settleMs, retry, signal: controller.signal };
     let report = await audit(primary, standby, auditOptions);
     if (config.repair && !report.consistent) {
       const plan = repairPlan(report, config.prune);
@@ -65,7 +65,8 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
           if (now.fenced) throw fencedError(now.fenced);
         },
       };
-      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal, config.maxTxnOps, { fence });
+      const writer = new StandbyWriter(standby, leases, io.log, () => controller.signal, config.maxTxnOps, { fence, unreplicablePrefix: keys.unreplicable });
+      await writer.loadUnreplicable();
       const repaired = await repair(primary, standby, writer, plan, retry, config.maxTxnBytes);
       io.log.info(repaired, 'repaired');
       report = { ...(await audit(primary, standby, auditOptions)), repaired };

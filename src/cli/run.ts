@@ -1,14 +1,16 @@
 /** `etcd-sync run`: wires the configuration to the supervisor (leadership) and its engines. */
 import type { Logger } from 'pino';
 import { EtcdSide } from '../etcd/connection.js';
-import { toJson } from '../diff/report.js';
+import { keyText, toJson } from '../diff/report.js';
 import { EncryptedWriteMonitor, EncryptionVerifier } from '../encryption/verify.js';
 import { type HttpHandlers, startHttp } from '../http.js';
 import { SyncMetrics } from '../metrics.js';
 import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
 import { SyncEngine, type SyncHooks } from '../sync/engine.js';
-import { retrier } from '../sync/retry.js';
+import { AbortedError, type Retry, retrier } from '../sync/retry.js';
+import { readHeader } from '../etcd/kv.js';
+import { ConfigError } from '../errors.js';
 import { Supervisor } from '../sync/supervisor.js';
 import { controlKeys, describeRecord } from '../sync/control-keys.js';
 import { PrimaryMonitor } from '../sync/primary-monitor.js';
@@ -53,6 +55,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
           ...syncOptions(config, scope),
           writerHooks: {
             fence,
+            unreplicablePrefix: controlKeys(config.checkpointKey).unreplicable,
             ...(monitor ? { onPut: (key: Buffer, value: Buffer) => monitor.check(key, value) } : {}),
             onTxn: (seconds: number) => metrics.observeTxn(seconds),
           },
@@ -68,6 +71,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
       scope,
       checkpointKey: config.checkpointKey,
       pageSize: config.pageSize,
+      maxTxnOps: config.maxTxnOps,
       settleMs: CHECK_DEFAULTS.settleMs,
       retry: retrier({ log, signal, maxAttempts: 4 }),
       signal,
@@ -78,7 +82,12 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
   try {
     const server = config.httpAddress ? await startHttp(config.httpAddress, httpHandlers(supervisor, primaryMonitor, config, metrics, checkNow), log) : undefined;
     try {
+      // Refused before any replica campaigns: campaigning writes the leader key into the standby.
+      await refuseSameCluster(primary, standby, retrier({ log, signal }));
       await supervisor.run(signal);
+    } catch (err) {
+      if (err instanceof AbortedError) return;
+      throw err;
     } finally {
       await server?.close();
     }
@@ -89,6 +98,17 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
     await probing;
     primary.close();
     standby.close();
+  }
+}
+
+/** Unreplicable keys /status lists (etcd_sync_unreplicable_keys counts them all). */
+const STATUS_UNREPLICABLE_LISTED = 100;
+
+/** Waits until both sides answer; a primary that is the standby itself is a configuration error. */
+async function refuseSameCluster(primary: EtcdSide, standby: EtcdSide, retry: Retry): Promise<void> {
+  const [p, s] = await Promise.all([retry('connect to primary', () => readHeader(primary)), retry('connect to standby', () => readHeader(standby))]);
+  if (p.clusterId === s.clusterId) {
+    throw new ConfigError(`primary and standby are the same etcd cluster (cluster ID ${BigInt(p.clusterId).toString(16)}): refusing to sync an etcd into itself`);
   }
 }
 
@@ -103,15 +123,17 @@ export function readiness(supervisor: Supervisor, monitor: PrimaryMonitor, ready
   if (state === 'fenced') return { ready: false, reason: `fenced (promoted) ${control.fenced ? describeRecord(control.fenced) : ''}`.trim() };
   if (state === 'paused') return { ready: false, reason: `paused ${control.paused ? describeRecord(control.paused) : ''}`.trim() };
   if (state === 'stopped') return { ready: false, reason: state };
-  if (supervisor.role !== 'leader') {
-    if (state === 'starting') return { ready: false, reason: state };
+  if (supervisor.role !== 'leader' && state !== 'starting') {
     return supervisor.standbyReachable(now) ? { ready: true, reason: 'follower: the standby answers' } : { ready: false, reason: 'follower: the standby etcd does not answer' };
   }
   if (!monitor.reachable(now)) {
     const since = monitor.lastContactAt === undefined ? 'never answered' : `silent for ${Math.round((now - monitor.lastContactAt) / 1000)} s`;
     return { ready: false, reason: `primary unreachable (${since})` };
   }
+  const unavailable = supervisor.engine?.writer.unavailable;
+  if (state === 'standby-unavailable' && unavailable) return { ready: false, reason: `standby-unavailable: ${unavailable.reason}` };
   if (state !== 'streaming') return { ready: false, reason: state };
+  if (supervisor.role !== 'leader') return { ready: false, reason: 'starting' };
   const lag = monitor.lagRevisions;
   if (lag > BigInt(readyMaxLag)) return { ready: false, reason: `lag ${lag} revisions > --ready-max-lag ${readyMaxLag}` };
   return { ready: true, reason: `streaming, lag ${lag} revisions` };
@@ -145,6 +167,12 @@ export function httpHandlers(
         lastPrimaryContact: monitor.lastContactAt === undefined ? null : new Date(monitor.lastContactAt).toISOString(),
         paused: control.paused ?? null,
         fenced: control.fenced ?? null,
+        unreplicable: [...(supervisor.engine?.writer.unreplicable.values() ?? [])]
+          .slice(0, STATUS_UNREPLICABLE_LISTED)
+          .map((u) => ({ key: keyText(u.key), bytes: u.bytes, reason: u.reason, since: new Date(u.since).toISOString() })),
+        standbyUnavailable: supervisor.engine?.writer.unavailable
+          ? { reason: supervisor.engine.writer.unavailable.reason, since: new Date(supervisor.engine.writer.unavailable.since).toISOString() }
+          : null,
         lastCheck: lastCheck
           ? { checkedAt: new Date(lastCheck.checkedAt).toISOString(), ...toJson(lastCheck), missing: undefined, surplus: undefined, different: undefined }
           : null,

@@ -17,9 +17,20 @@ export interface CheckReport {
   /** In-scope keys in the primary at the compared revision. */
   inScope: number;
   findings: Record<FindingKind, Buffer[]>;
+  /**
+   * Keys the standby refuses even alone (larger than its --max-request-bytes), as etcd-sync
+   * recorded them: taken out of `missing` and `different`, reported with their size and reason.
+   */
+  unreplicable: UnreplicableFinding[];
   repaired?: { put: number; deleted: number };
   /** When the comparison finished (ms since epoch). */
   checkedAt: number;
+}
+
+export interface UnreplicableFinding {
+  key: Buffer;
+  bytes: number;
+  reason: string;
 }
 
 /** Primary revisions the standby had not applied when checked. */
@@ -51,10 +62,11 @@ export interface CheckJson {
   /** primaryRevision - comparedAtRevision: primary revisions the standby had not applied when checked. */
   unappliedRevisions: number;
   standbyRevision: number;
-  counts: { inScope: number; missing: number; surplus: number; different: number };
+  counts: { inScope: number; missing: number; surplus: number; different: number; unreplicable: number };
   missing: string[];
   surplus: string[];
   different: string[];
+  unreplicable: { key: string; bytes: number; reason: string }[];
   repaired?: { put: number; deleted: number };
 }
 
@@ -70,10 +82,12 @@ export function toJson(report: CheckReport): CheckJson {
       missing: report.findings.missing.length,
       surplus: report.findings.surplus.length,
       different: report.findings.different.length,
+      unreplicable: report.unreplicable.length,
     },
     missing: report.findings.missing.map(keyText),
     surplus: report.findings.surplus.map(keyText),
     different: report.findings.different.map(keyText),
+    unreplicable: report.unreplicable.map((u) => ({ key: keyText(u.key), bytes: u.bytes, reason: u.reason })),
     ...(report.repaired ? { repaired: report.repaired } : {}),
   };
 }
@@ -91,7 +105,11 @@ export function formatText(report: CheckReport, keyPrefix: Buffer, limit: number
       : `as of primary revision ${report.comparedAtRevision}; primary now at ${report.primaryRevision}: ${behind} revisions not applied`;
   lines.push(`etcd-sync check: ${verdict} ${where} (standby revision ${report.standbyRevision}, compared ${how})`);
   lines.push(`in scope: ${report.inScope} keys in the primary`);
-  lines.push(`missing: ${f.missing.length}  surplus: ${f.surplus.length}  different: ${f.different.length}`);
+  lines.push(`missing: ${f.missing.length}  surplus: ${f.surplus.length}  different: ${f.different.length}${report.unreplicable.length > 0 ? `  unreplicable: ${report.unreplicable.length}` : ''}`);
+  if (report.unreplicable.length > 0) {
+    lines.push('', `unreplicable (${report.unreplicable.length}): the standby refuses these even alone; give its etcd a --max-request-bytes of at least the primary's plus 64 KiB`);
+    for (const u of report.unreplicable.slice(0, limit)) lines.push(`  ${keyText(u.key)} (${u.bytes} bytes): ${u.reason}`);
+  }
   if (report.repaired) lines.push(`repaired: ${report.repaired.put} put, ${report.repaired.deleted} deleted`);
   const groups = new Map<string, Record<FindingKind, number>>();
   for (const kind of FINDING_KINDS) {

@@ -266,14 +266,15 @@ export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = 
   return { succeeded: res.succeeded, header: res.header };
 }
 
-/** Keys per multi-get txn (under etcd's default --max-txn-ops of 128). */
-const GET_MANY_CHUNK = 100;
-
-/** Values of many keys (latest, or at `revision`), a txn of range ops per 100 keys; absent keys are not in the map (keyed by latin1). */
-export async function getMany(side: EtcdSide, keys: readonly Buffer[], revision?: bigint): Promise<Map<string, KeyValue>> {
+/**
+ * Values of many keys (latest, or at `revision`), a txn of up to `maxTxnOps` range ops each (etcd
+ * refuses more: "too many operations in txn request"); absent keys are not in the map (keyed by latin1).
+ */
+export async function getMany(side: EtcdSide, keys: readonly Buffer[], maxTxnOps: number, revision?: bigint): Promise<Map<string, KeyValue>> {
   const found = new Map<string, KeyValue>();
-  for (let i = 0; i < keys.length; i += GET_MANY_CHUNK) {
-    const chunk = keys.slice(i, i + GET_MANY_CHUNK);
+  const step = Math.max(1, maxTxnOps);
+  for (let i = 0; i < keys.length; i += step) {
+    const chunk = keys.slice(i, i + step);
     const reads = chunk.map((key): TxnOp => ({ type: 'range', request: { key, ...(revision !== undefined ? { revision } : {}) } }));
     const res = await side.unary(`get ${chunk.length} keys`, 'KV/Txn', encodeTxnRequest([], reads), decodeTxnResponse);
     for (const range of res.ranges) for (const kv of range.kvs) found.set(kv.key.toString('latin1'), kv);

@@ -6,7 +6,9 @@ import { CompactedError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
 import { type KeyValue, type WriteOp, getMany, readHeader, scanPages } from '../etcd/kv.js';
 import { filterPages, mergeJoin } from '../diff/merge-join.js';
-import { type CheckReport, FINDING_KINDS, type FindingKind, isConsistent } from '../diff/report.js';
+import { type CheckReport, FINDING_KINDS, type FindingKind, type UnreplicableFinding, isConsistent } from '../diff/report.js';
+import { prefixEnd } from '../scope.js';
+import { controlKeys } from './control-keys.js';
 import type { Scope } from '../scope.js';
 import { readCheckpoint } from './checkpoint.js';
 import { type Retry, delay } from './retry.js';
@@ -16,6 +18,8 @@ export interface AuditOptions {
   scope: Scope;
   checkpointKey: Buffer;
   pageSize: number;
+  /** The etcds' --max-txn-ops: re-reads of findings go in txns of at most this many reads. */
+  maxTxnOps: number;
   /** Latest-vs-latest mode waits this long, then re-checks each finding. */
   settleMs: number;
   retry: Retry;
@@ -23,6 +27,9 @@ export interface AuditOptions {
 }
 
 type Findings = Record<FindingKind, Buffer[]>;
+
+/** How often a latest-against-latest comparison starts again after its revision was compacted mid-scan. */
+const COMPACTED_ATTEMPTS = 5;
 
 function emptyFindings(): Findings {
   return { missing: [], surplus: [], different: [] };
@@ -57,8 +64,8 @@ async function compareAt(
 async function recheck(primary: EtcdSide, standby: EtcdSide, findings: Findings, options: AuditOptions): Promise<Findings> {
   const keys = FINDING_KINDS.flatMap((kind) => findings[kind]);
   const [p, s] = await Promise.all([
-    options.retry('re-read primary', () => getMany(primary, keys)),
-    options.retry('re-read standby', () => getMany(standby, keys)),
+    options.retry('re-read primary', () => getMany(primary, keys, options.maxTxnOps)),
+    options.retry('re-read standby', () => getMany(standby, keys, options.maxTxnOps)),
   ]);
   const out = emptyFindings();
   for (const key of keys) {
@@ -80,6 +87,36 @@ async function recheck(primary: EtcdSide, standby: EtcdSide, findings: Findings,
  * latest against latest, and every finding is re-checked after a settle delay so that writes
  * that were only in flight drop out.
  */
+/**
+ * Moves the missing and different keys that etcd-sync recorded as unreplicable (the standby
+ * refused them even alone) into their own kind, with the recorded size and reason.
+ */
+async function classifyUnreplicable(standby: EtcdSide, findings: Findings, options: AuditOptions): Promise<{ findings: Findings; unreplicable: UnreplicableFinding[] }> {
+  const prefix = controlKeys(options.checkpointKey).unreplicable;
+  const records = new Map<string, { bytes: number; reason: string }>();
+  for await (const page of scanPages(standby, { key: prefix, rangeEnd: prefixEnd(prefix), pageSize: options.pageSize }, options.retry)) {
+    for (const kv of page) {
+      try {
+        const record = JSON.parse(kv.value.toString()) as { bytes?: number; reason?: string };
+        records.set(kv.key.subarray(prefix.length).toString('latin1'), { bytes: Number(record.bytes ?? 0), reason: String(record.reason ?? '') });
+      } catch {
+        // Not a record of etcd-sync's: ignored.
+      }
+    }
+  }
+  if (records.size === 0) return { findings, unreplicable: [] };
+  const unreplicable: UnreplicableFinding[] = [];
+  const keep = (key: Buffer): boolean => {
+    const record = records.get(key.toString('latin1'));
+    if (record === undefined) return true;
+    unreplicable.push({ key, ...record });
+    return false;
+  };
+  const out = { ...findings, missing: findings.missing.filter(keep), different: findings.different.filter(keep) };
+  unreplicable.sort((a, b) => Buffer.compare(a.key, b.key));
+  return { findings: out, unreplicable };
+}
+
 /** The primary's revision as the check ends: what the standby is behind by is measured against it. */
 async function primaryNow(primary: EtcdSide, options: AuditOptions): Promise<bigint> {
   return (await options.retry('read primary revision', () => readHeader(primary))).revision;
@@ -93,9 +130,12 @@ export async function audit(primary: EtcdSide, standby: EtcdSide, options: Audit
   const checkpoint = stored.checkpoint;
   if (checkpoint && checkpoint.primaryClusterId === primaryHeader.clusterId && checkpoint.revision <= primaryHeader.revision) {
     try {
-      const { findings, inScope } = await compareAt(primary, standby, checkpoint.revision, stored.standbyRevision, options);
+      const compared = await compareAt(primary, standby, checkpoint.revision, stored.standbyRevision, options);
+      const { inScope } = compared;
+      const { findings, unreplicable } = await classifyUnreplicable(standby, compared.findings, options);
       return {
-        consistent: isConsistent(findings),
+        consistent: isConsistent(findings) && unreplicable.length === 0,
+        unreplicable,
         comparedAtRevision: checkpoint.revision,
         primaryRevision: await primaryNow(primary, options),
         standbyRevision: stored.standbyRevision,
@@ -108,16 +148,31 @@ export async function audit(primary: EtcdSide, standby: EtcdSide, options: Audit
       if (!(err instanceof CompactedError)) throw err;
     }
   }
-  const standbyHeader = await options.retry('read standby revision', () => readHeader(standby));
-  const first = await compareAt(primary, standby, primaryHeader.revision, standbyHeader.revision, options);
-  let findings = first.findings;
-  if (!isConsistent(findings)) {
-    await delay(options.settleMs, options.signal);
-    findings = await recheck(primary, standby, findings, options);
+  // Latest against latest; a compaction of the revision mid-scan starts it again at a newer one.
+  let latest = primaryHeader;
+  let standbyHeader = await options.retry('read standby revision', () => readHeader(standby));
+  let first: Awaited<ReturnType<typeof compareAt>> | undefined;
+  for (let attempt = 1; first === undefined; attempt++) {
+    try {
+      first = await compareAt(primary, standby, latest.revision, standbyHeader.revision, options);
+    } catch (err) {
+      if (!(err instanceof CompactedError) || attempt >= COMPACTED_ATTEMPTS) throw err;
+      [latest, standbyHeader] = await Promise.all([
+        options.retry('read primary revision', () => readHeader(primary)),
+        options.retry('read standby revision', () => readHeader(standby)),
+      ]);
+    }
   }
+  let settled = first.findings;
+  if (!isConsistent(settled)) {
+    await delay(options.settleMs, options.signal);
+    settled = await recheck(primary, standby, settled, options);
+  }
+  const { findings, unreplicable } = await classifyUnreplicable(standby, settled, options);
   return {
-    consistent: isConsistent(findings),
-    comparedAtRevision: primaryHeader.revision,
+    consistent: isConsistent(findings) && unreplicable.length === 0,
+    unreplicable,
+    comparedAtRevision: latest.revision,
     primaryRevision: await primaryNow(primary, options),
     standbyRevision: standbyHeader.revision,
     mode: 'settled',
@@ -143,7 +198,8 @@ export interface RepairPlan {
  */
 export function repairPlan(report: CheckReport, prune: boolean): RepairPlan {
   return {
-    put: [...report.findings.missing, ...report.findings.different],
+    // Unreplicable keys too: a value that fits by now heals; one that does not is recorded again.
+    put: [...report.findings.missing, ...report.findings.different, ...report.unreplicable.map((u) => u.key)],
     delete: prune ? [...report.findings.surplus] : [],
     ...(report.mode === 'checkpoint' ? { primaryRevision: report.comparedAtRevision, standbyRevision: report.standbyRevision } : {}),
   };
@@ -171,7 +227,7 @@ export async function repair(
     let written = 0;
     for (let i = 0; i < keys.length; i += REPAIR_READ_KEYS) {
       const step = keys.slice(i, i + REPAIR_READ_KEYS);
-      const onPrimary = await retry('read primary', () => getMany(primary, step, plan.primaryRevision));
+      const onPrimary = await retry('read primary', () => getMany(primary, step, writer.maxTxnOps, plan.primaryRevision));
       written += (await writer.writeUnchangedSince(toOps(step, onPrimary), standbyRevision, maxTxnBytes)).length;
     }
     return written;

@@ -136,7 +136,15 @@ export class CheckpointChain {
   async load(): Promise<void> {
     const { checkpoint, value } = await readCheckpoint(this.standby, this.key);
     this.chainValue = value;
-    if (checkpoint && checkpoint.primaryClusterId === this.primaryClusterId && checkpoint.revision > this.appliedRevision) {
+    if (!checkpoint || checkpoint.primaryClusterId !== this.primaryClusterId) return;
+    if (checkpoint.revision > this.appliedRevision) {
+      this.appliedRevision = checkpoint.revision;
+      this.checkpointedRevision = checkpoint.revision;
+    } else if (checkpoint.revision < this.checkpointedRevision) {
+      // The standby went back in time (restored from an older backup, or another writer): what
+      // it holds is the primary at its own checkpoint. Resume from there, so that the writes
+      // (deletes too) since then arrive again.
+      this.log.warn({ from: this.checkpointedRevision.toString(), to: checkpoint.revision.toString() }, `resync: standby checkpoint went back from ${this.checkpointedRevision} to ${checkpoint.revision}`);
       this.appliedRevision = checkpoint.revision;
       this.checkpointedRevision = checkpoint.revision;
     }

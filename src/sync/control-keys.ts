@@ -15,13 +15,15 @@ export interface ControlKeys {
   last: Buffer;
   /** What the leader publishes about itself every few seconds, attached to its lease. */
   status: Buffer;
+  /** Prefix of the records of unreplicable keys: prefix + the key (keys start with '/'). */
+  unreplicable: Buffer;
 }
 
 /** `/etcd-sync/checkpoint` → `/etcd-sync/leader`, `/etcd-sync/control/{paused,fenced,last}`, `/etcd-sync/status`. */
 export function controlKeys(checkpointKey: Buffer): ControlKeys {
   const dir = path.posix.dirname(checkpointKey.toString());
   const at = (name: string): Buffer => Buffer.from(`${dir === '/' ? '' : dir}/${name}`);
-  return { leader: at('leader'), paused: at('control/paused'), fenced: at('control/fenced'), last: at('control/last'), status: at('status') };
+  return { leader: at('leader'), paused: at('control/paused'), fenced: at('control/fenced'), last: at('control/last'), status: at('status'), unreplicable: at('unreplicable') };
 }
 
 /** Who did a control action, when and why. */
@@ -93,5 +95,5 @@ export async function readLeaderStatus(standby: EtcdSide, keys: ControlKeys): Pr
  * The one state vocabulary of /status, etcd_sync_state and `etcd-sync status`: the engine's
  * states, then what a replica does around them; `no-leader` only in `etcd-sync status`.
  */
-export const REPLICA_STATES = ['starting', 'replaying', 'initial-sync', 'resyncing', 'streaming', 'paused', 'fenced', 'follower', 'stopped'] as const;
+export const REPLICA_STATES = ['starting', 'replaying', 'initial-sync', 'resyncing', 'streaming', 'standby-unavailable', 'paused', 'fenced', 'follower', 'stopped'] as const;
 export const STATUS_STATES = [...REPLICA_STATES, 'no-leader'] as const;

@@ -6,7 +6,7 @@
  * write txn carries the checkpoint of the last applied primary revision (checkpoint.ts).
  */
 import type { Logger } from 'pino';
-import { CompactedError, ConfigError, describeError } from '../errors.js';
+import { CompactedError, ConfigError, PrimaryChangedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
 import { readHeader } from '../etcd/kv.js';
 import type { CheckReport } from '../diff/report.js';
@@ -19,12 +19,15 @@ import { LeaseMapper, leaseKeyPrefix } from './leases.js';
 import { periodicChecks } from './periodic-check.js';
 import type { PrimaryMonitor } from './primary-monitor.js';
 import { replay } from './replay.js';
-import { AbortedError, type Retry, retrier } from './retry.js';
+import { AbortedError, type Retry, delay, retrier } from './retry.js';
 import { StreamPipeline, newStreamCounters } from './stream.js';
 import { StandbyWriter } from './writer.js';
 
 export type { SyncOptions } from './context.js';
 export type { DiffStats, SyncProgress } from './full-diff.js';
+
+/** Longest pause before a full diff starts again after its revision was compacted. */
+const COMPACTED_DIFF_MAX_PAUSE_MS = 10_000;
 
 export type SyncState = 'starting' | 'replaying' | 'initial-sync' | 'streaming' | 'resyncing' | 'stopped';
 
@@ -147,14 +150,21 @@ export class SyncEngine implements SyncContext {
           this.setState('replaying');
           await replay(this, this.pipeline, revision);
         } catch (err) {
-          if (!(err instanceof CompactedError)) throw err;
-          this.log.warn({ checkpoint: checkpoint.revision.toString(), err: describeError(err) }, 'resync: checkpoint compacted on the primary');
-          this.countResync('checkpoint-compacted');
+          if (err instanceof CompactedError) {
+            this.log.warn({ checkpoint: checkpoint.revision.toString(), err: describeError(err) }, 'resync: checkpoint compacted on the primary');
+            this.countResync('checkpoint-compacted');
+          } else if (err instanceof PrimaryChangedError) {
+            this.log.warn({ checkpoint: checkpoint.revision.toString(), err: describeError(err) }, `resync: ${describeError(err)}; following the primary as it is now`);
+            this.countResync('primary-changed');
+            this.checkpoint.appliedRevision = 0n;
+            this.checkpoint.checkpointedRevision = 0n;
+          } else throw err;
           revision = await this.primaryHeadRevision();
         }
       }
       this.setState(checkpoint ? 'resyncing' : 'initial-sync');
       await this.retry('load lease mappings', () => this.leases.load());
+      await this.writer.loadUnreplicable();
       await this.fullSync(revision);
       this.log.info({ ...this.lastDiff, revision: revision.toString() }, 'initial sync done');
       // Background work ends with streaming, whatever ends it, so run() can never hang on it.
@@ -178,10 +188,25 @@ export class SyncEngine implements SyncContext {
     }
   }
 
-  /** The full diff at `revision` (see full-diff.ts); its stats become lastDiff. */
+  /**
+   * The full diff at `revision` (see full-diff.ts); its stats become lastDiff. The primary can
+   * compact the pinned revision mid-diff (Kubernetes compacts every 5 minutes): the diff starts
+   * again at the primary's newer revision, after a growing pause, as often as it takes.
+   */
   async fullSync(revision: bigint): Promise<DiffStats> {
-    this.lastDiff = await fullDiff(this, revision, this.options.prune, this.hooks.onProgress);
-    return this.lastDiff;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.lastDiff = await fullDiff(this, revision, this.options.prune, this.hooks.onProgress);
+        return this.lastDiff;
+      } catch (err) {
+        if (!(err instanceof CompactedError)) throw err;
+        const pauseMs = Math.min(COMPACTED_DIFF_MAX_PAUSE_MS, 200 * 2 ** Math.min(attempt - 1, 10));
+        this.log.warn({ revision: revision.toString(), attempt, retryInMs: pauseMs, err: describeError(err) }, 'resync: the full diff revision was compacted on the primary; again at a newer revision');
+        this.countResync('compacted');
+        if (!(await delay(pauseMs, this.signal))) throw new AbortedError();
+        revision = await this.primaryHeadRevision();
+      }
+    }
   }
 
   /** Streams, falling back to a full resync whenever the watch meets compaction. */
@@ -193,9 +218,19 @@ export class SyncEngine implements SyncContext {
         await this.pipeline.follow(undefined);
         return;
       } catch (err) {
-        if (!(err instanceof CompactedError)) throw err;
-        this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'resync: watch revision compacted');
-        this.countResync('watch-compacted');
+        if (err instanceof CompactedError) {
+          this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, 'resync: watch revision compacted');
+          this.countResync('watch-compacted');
+        } else if (err instanceof PrimaryChangedError) {
+          this.log.warn({ appliedRevision: this.appliedRevision.toString(), err: describeError(err) }, `resync: ${describeError(err)}; following the primary as it is now`);
+          this.countResync('primary-changed');
+          // Its history is another one: everything known of the old one goes.
+          const head = await this.retry('read primary revision', () => readHeader(this.primary));
+          this.checkpoint.primaryClusterId = head.clusterId;
+          this.checkpoint.appliedRevision = 0n;
+          this.checkpoint.checkpointedRevision = 0n;
+          this.monitor.resetPrimary(head.revision);
+        } else throw err;
         this.setState('resyncing');
         const revision = await this.primaryHeadRevision();
         await this.fullSync(revision);

@@ -199,7 +199,7 @@ export class SelfHealer {
     // Read first: a standby copy modified after it (by the stream, say) is newer than the
     // primary's version read here, and the restore leaves it alone.
     const standbyRevision = (await readHeader(this.standby)).revision;
-    const [p, s] = await Promise.all([getMany(this.primary, keys), getMany(this.standby, keys)]);
+    const [p, s] = await Promise.all([getMany(this.primary, keys, this.writer.maxTxnOps), getMany(this.standby, keys, this.writer.maxTxnOps)]);
     const restores: WriteOp[] = [];
     for (const id of batch.keys()) {
       const wanted = p.get(id);

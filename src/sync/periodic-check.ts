@@ -15,7 +15,7 @@ export async function periodicChecks(ctx: SyncContext, intervalMs: number, signa
   const retry = retrier({ log, signal });
   while (await delay(intervalMs, signal)) {
     try {
-      let report = await audit(ctx.primary, ctx.standby, { scope: ctx.scope, checkpointKey: options.checkpointKey, pageSize: options.pageSize, settleMs: options.settleMs, retry, signal });
+      let report = await audit(ctx.primary, ctx.standby, { scope: ctx.scope, checkpointKey: options.checkpointKey, pageSize: options.pageSize, maxTxnOps: options.maxTxnOps, settleMs: options.settleMs, retry, signal });
       const counts = { missing: report.findings.missing.length, surplus: report.findings.surplus.length, different: report.findings.different.length };
       log.info({ consistent: report.consistent, mode: report.mode, inScope: report.inScope, ...counts }, 'periodic check');
       const plan = repairPlan(report, options.prune);

@@ -74,6 +74,14 @@ export class PrimaryMonitor {
     this.refresh(now);
   }
 
+  /** The primary was replaced or went back in time: its revision is what it says now. */
+  resetPrimary(revision: bigint, now = Date.now()): void {
+    this.primaryRevision = revision;
+    this.lastContactAt = now;
+    this.behindSince = undefined;
+    this.refresh(now);
+  }
+
   /** Recomputes whether the standby is behind (after the applied revision moved). */
   refresh(now = Date.now()): void {
     if (this.appliedRevision >= this.primaryRevision) this.behindSince = undefined;

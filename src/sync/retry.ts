@@ -10,6 +10,8 @@ export interface RetryOptions {
   maxDelayMs?: number;
   /** Give up after this many attempts (one-shot commands). Default: never give up. */
   maxAttempts?: number;
+  /** Told of each failure that will be retried (e.g. to show an outage while it lasts). */
+  onRetry?: (err: unknown) => void;
 }
 
 export class AbortedError extends Error {
@@ -53,6 +55,7 @@ export async function withRetry<T>(what: string, fn: () => Promise<T>, options: 
       return await fn();
     } catch (err) {
       if (!isRetryable(err) || attempt >= (options.maxAttempts ?? Infinity)) throw err;
+      options.onRetry?.(err);
       options.log.warn({ attempt, retryInMs: delayMs, err: describeError(err) }, `${what} failed, retrying`);
       if (!(await delay(delayMs, options.signal))) throw new AbortedError();
       delayMs = Math.min(maxDelayMs, delayMs * 2);

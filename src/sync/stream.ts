@@ -6,8 +6,8 @@
  * order holds whatever order they arrive in. Any failure of the stream resumes from the applied
  * revision; compaction surfaces to the engine (CompactedError) for a full resync.
  */
-import { CheckpointChangedError, CompactedError, describeError } from '../errors.js';
-import { type WriteOp, readKey } from '../etcd/kv.js';
+import { CheckpointChangedError, CompactedError, PrimaryChangedError, describeError } from '../errors.js';
+import { type WriteOp, readHeader, readKey } from '../etcd/kv.js';
 import { type WatchEvent, WatchStream } from '../etcd/watch.js';
 import { type EventBatch, headOfWholeRevisions, opBytes, takeEventBatch } from './batch.js';
 import type { CheckpointPut } from './checkpoint.js';
@@ -59,6 +59,19 @@ export class StreamPipeline {
     return this.ctx.checkpoint.appliedRevision;
   }
 
+  /** Throws PrimaryChangedError when the primary is behind what was applied from it, or another cluster. */
+  private checkPrimary(header: { revision: bigint; clusterId: string }): void {
+    const { checkpoint } = this.ctx;
+    if (header.clusterId !== checkpoint.primaryClusterId) {
+      throw new PrimaryChangedError(
+        `the primary is another etcd cluster now (cluster ID ${BigInt(checkpoint.primaryClusterId).toString(16)} → ${BigInt(header.clusterId).toString(16)}): replaced, or restored as a new cluster`,
+      );
+    }
+    if (header.revision < checkpoint.appliedRevision) {
+      throw new PrimaryChangedError(`the primary went back in time: its revision ${header.revision} is below the ${checkpoint.appliedRevision} applied from it (restored from an older backup?)`);
+    }
+  }
+
   /** The next txn's worth of whole revisions from the head of `events`, coalesced. */
   takeBatch(events: readonly WatchEvent[]): EventBatch {
     const maxOps = this.ctx.writer.opsPerTxn - 1;
@@ -75,6 +88,9 @@ export class StreamPipeline {
     while (!ctx.signal.aborted) {
       await ctx.retry('read checkpoint', () => ctx.checkpoint.load());
       if (until !== undefined && this.applied >= until) return;
+      // A watch from a revision the primary has not reached is accepted and stays silent: the
+      // primary is checked against what was applied before every (re)connect.
+      this.checkPrimary(await ctx.retry('read primary revision', () => readHeader(ctx.primary)));
       const watch = await ctx.retry('watch primary', () =>
         WatchStream.open(
           ctx.primary,
@@ -117,10 +133,13 @@ export class StreamPipeline {
       try {
         for await (const message of watch.messages()) {
           if (message.kind === 'events') {
+            this.checkPrimary({ revision: message.headerRevision, clusterId: ctx.checkpoint.primaryClusterId });
             queue.push(...message.events);
             lastEventAt = Date.now();
             const last = message.events[message.events.length - 1];
             ctx.notePrimary(last && last.modRevision > message.headerRevision ? last.modRevision : message.headerRevision);
+          } else if (message.revision < checkpoint.appliedRevision) {
+            this.checkPrimary({ revision: message.revision, clusterId: ctx.checkpoint.primaryClusterId });
           } else if (message.revision > progressRevision) {
             progressRevision = message.revision;
             ctx.notePrimary(message.revision);

@@ -45,9 +45,10 @@ export class Supervisor {
   private standbyContactAt: number | undefined;
   private fencedWarnedAt: number | undefined;
 
-  /** 'follower', 'paused', 'fenced', 'stopped', or the running engine's state. */
+  /** 'follower', 'paused', 'fenced', 'stopped', 'standby-unavailable' while the standby refuses the engine's writes, or the engine's state. */
   get state(): string {
-    return this.phase === 'engine' && this.engine ? this.engine.state : this.phase;
+    if (this.phase !== 'engine' || !this.engine) return this.phase;
+    return this.engine.writer.unavailable && this.engine.state !== 'stopped' ? 'standby-unavailable' : this.engine.state;
   }
   private readonly ttl: number;
   private readonly pollMs: number;

@@ -5,10 +5,13 @@
  */
 import type { Logger } from 'pino';
 import type { EtcdSide } from '../etcd/connection.js';
-import { type Compare, type WriteOp, txn, txnCapacity } from '../etcd/kv.js';
+import { type Compare, type WriteOp, scanPages, txn, txnCapacity } from '../etcd/kv.js';
+import { prefixEnd } from '../scope.js';
 import { OpChunker } from './batch.js';
 import type { LeaseMapper } from './leases.js';
 import { withRetry } from './retry.js';
+import { RequestTooLargeError, describeError } from '../errors.js';
+import { keyText } from '../diff/report.js';
 
 /** How many of its own recent standby revisions the writer remembers. */
 const OWN_REVISIONS_KEPT = 100_000;
@@ -22,13 +25,42 @@ export interface Fence {
 
 export interface WriterHooks {
   fence?: Fence;
+  /**
+   * Where a key the standby refuses even alone is recorded (prefix + key), for `check` and the
+   * next leader; without it, it is only logged and counted.
+   */
+  unreplicablePrefix?: Buffer;
   /** Every put that was written (e.g. to verify encrypted values). */
   onPut?: (key: Buffer, value: Buffer) => void;
   /** Seconds each write txn took, retries included. */
   onTxn?: (seconds: number) => void;
 }
 
+/** A key whose write the standby refuses even alone (larger than its --max-request-bytes). */
+export interface UnreplicableKey {
+  key: Buffer;
+  /** The value's size. */
+  bytes: number;
+  reason: string;
+  /** When it was first refused (ms since epoch). */
+  since: number;
+}
+
+/** An unreplicable key's record: its value as stored under WriterHooks.unreplicablePrefix. */
+export interface UnreplicableRecord {
+  bytes: number;
+  reason: string;
+  at: string;
+}
+
 export class StandbyWriter {
+  /** Keys the standby refused even alone: skipped, so that everything else is replicated; a later write of the key that fits heals it. */
+  readonly unreplicable = new Map<string, UnreplicableKey>();
+  /**
+   * Why the standby takes no writes now (unreachable, NOSPACE alarm), since when: set while a
+   * write is being retried, cleared by the next write that succeeds.
+   */
+  unavailable: { reason: string; since: number } | undefined;
   private readonly ownRevisions = new Set<bigint>();
   /** Txns sent and not answered yet. */
   private readonly inFlight = new Set<Promise<unknown>>();
@@ -39,9 +71,26 @@ export class StandbyWriter {
     private readonly log: Logger,
     private readonly signal: () => AbortSignal,
     /** The standby etcd's --max-txn-ops: the limit per level of a txn (see txnCapacity). */
-    private readonly maxTxnOps: number,
+    readonly maxTxnOps: number,
     private readonly hooks: WriterHooks = {},
   ) {}
+
+  /** Loads the unreplicable keys recorded in the standby (by an earlier leader), so that a later write of one heals its record. */
+  async loadUnreplicable(): Promise<void> {
+    const prefix = this.hooks.unreplicablePrefix;
+    if (!prefix) return;
+    for await (const page of scanPages(this.standby, { key: prefix, rangeEnd: prefixEnd(prefix), pageSize: 10_000 }, (what, fn) => this.retry(what, fn))) {
+      for (const kv of page) {
+        const key = Buffer.from(kv.key.subarray(prefix.length));
+        try {
+          const record = JSON.parse(kv.value.toString()) as Partial<UnreplicableRecord>;
+          this.unreplicable.set(key.toString('latin1'), { key, bytes: Number(record.bytes ?? 0), reason: String(record.reason ?? ''), since: Date.parse(String(record.at)) || Date.now() });
+        } catch {
+          // Not a record of etcd-sync's: left alone.
+        }
+      }
+    }
+  }
 
   /** Ops one txn holds, checkpoint included (nested, see txnCapacity). */
   get opsPerTxn(): number {
@@ -57,7 +106,7 @@ export class StandbyWriter {
   }
 
   private retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    return withRetry(what, fn, { log: this.log, signal: this.signal() });
+    return withRetry(what, fn, { log: this.log, signal: this.signal(), onRetry: (err) => (this.unavailable ??= { reason: describeError(err), since: Date.now() }) });
   }
 
   /** Replaces primary lease IDs by the standby leases that mirror them. */
@@ -95,9 +144,11 @@ export class StandbyWriter {
   async writeUnchangedSince(ops: readonly WriteOp[], standbyRevision: bigint, maxTxnBytes: number): Promise<WriteOp[]> {
     const unchanged = (key: Buffer): Compare => ({ key, target: 'Mod', result: 'Less', version: standbyRevision + 1n });
     const written: WriteOp[] = [];
+    // An op the standby refused even alone was skipped (unreplicable): not written.
+    const wrote = (ops: WriteOp[]): void => void written.push(...ops.filter((op) => !this.unreplicable.has(op.key.toString('latin1'))));
     const guarded = async (chunk: WriteOp[]): Promise<void> => {
-      if (await this.write(chunk, [], chunk.map((op) => unchanged(op.key)))) written.push(...chunk);
-      else if (chunk.length > 1) for (const op of chunk) if (await this.write([op], [], [unchanged(op.key)])) written.push(op);
+      if (await this.write(chunk, [], chunk.map((op) => unchanged(op.key)))) wrote(chunk);
+      else if (chunk.length > 1) for (const op of chunk) if (await this.write([op], [], [unchanged(op.key)])) wrote([op]);
     };
     const chunker = new OpChunker({ maxOps: this.guardedOpsPerTxn, maxBytes: maxTxnBytes });
     for (const op of ops) {
@@ -113,13 +164,47 @@ export class StandbyWriter {
     try {
       return await this.txn([...mapped, ...bookkeeping], compares);
     } catch (err) {
-      // A value close to etcd's request limit fits the primary's put but not with bookkeeping
-      // beside it: write it alone, then the bookkeeping. A crash in between replays it (puts are idempotent).
-      if (mapped.length !== 1 || bookkeeping.length === 0 || !/request is too large/.test(String((err as Error).message))) throw err;
-      const held = await this.txn(mapped, compares);
-      await this.txn(bookkeeping, compares);
-      return held;
+      if (!(err instanceof RequestTooLargeError) || mapped.length === 0) throw err;
     }
+    // Over the standby's --max-request-bytes together (a value near the primary's own limit does
+    // not fit beside the compares and the checkpoint): each op alone, then the bookkeeping. The
+    // checkpoint comes last, so a crash in between replays them (puts are idempotent). An op too
+    // large even alone cannot be replicated: skipped and recorded, never fatal.
+    for (const op of mapped) {
+      try {
+        if (!(await this.txn([op], compares))) return false;
+      } catch (err) {
+        if (!(err instanceof RequestTooLargeError)) throw err;
+        await this.recordUnreplicable(op, err);
+      }
+    }
+    return bookkeeping.length === 0 || (await this.txn(bookkeeping, compares));
+  }
+
+  private async recordUnreplicable(op: WriteOp, err: Error): Promise<void> {
+    const id = op.key.toString('latin1');
+    if (this.unreplicable.has(id)) return;
+    const bytes = op.type === 'put' ? op.value.length : 0;
+    const reason = describeError(err);
+    this.unreplicable.set(id, { key: Buffer.from(op.key), bytes, reason, since: Date.now() });
+    this.log.error(
+      { key: keyText(op.key), bytes, err: reason },
+      "unreplicable key: the standby refuses its write even alone; skipped, everything else goes on (give the standby's etcd a --max-request-bytes of at least the primary's plus 64 KiB)",
+    );
+    const prefix = this.hooks.unreplicablePrefix;
+    if (prefix) {
+      const record: UnreplicableRecord = { bytes, reason, at: new Date().toISOString() };
+      await this.txn([{ type: 'put', key: Buffer.concat([prefix, op.key]), value: Buffer.from(JSON.stringify(record)) }], []);
+    }
+  }
+
+  /** After a txn with `ops` applied: keys of it that were unreplicable are healed. */
+  private async healedUnreplicable(ops: readonly WriteOp[]): Promise<void> {
+    const healed = ops.filter((op) => this.unreplicable.delete(op.key.toString('latin1')));
+    if (healed.length === 0) return;
+    this.log.info({ keys: healed.map((op) => keyText(op.key)) }, 'unreplicable key healed: a later write of it reached the standby');
+    const prefix = this.hooks.unreplicablePrefix;
+    if (prefix) await this.txn(healed.map((op): WriteOp => ({ type: 'delete', key: Buffer.concat([prefix, op.key]) })), []);
   }
 
   /** One txn, tracked until its revision is remembered (see settled). */
@@ -134,9 +219,15 @@ export class StandbyWriter {
     const all = fence ? [...compares, ...fence.compares()] : compares;
     const started = performance.now();
     const result = await this.retry('write to standby', () => txn(this.standby, ops, all, this.maxTxnOps));
+    if (this.unavailable) {
+      this.log.info({ outageSeconds: Math.round((Date.now() - this.unavailable.since) / 1000), reason: this.unavailable.reason }, 'the standby takes writes again');
+      this.unavailable = undefined;
+    }
     this.hooks.onTxn?.((performance.now() - started) / 1000);
-    if (result.succeeded) this.remember(result.header.revision);
-    else if (fence) await fence.verify();
+    if (result.succeeded) {
+      this.remember(result.header.revision);
+      if (this.unreplicable.size > 0) await this.healedUnreplicable(ops);
+    } else if (fence) await fence.verify();
     return result.succeeded;
   }
 

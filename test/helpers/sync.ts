@@ -174,6 +174,13 @@ export function runCli(args: string[], env: Record<string, string> = {}, nodeFla
   };
 }
 
+/** The port a `run` serves HTTP on (it logs `http listening` with the address it bound). */
+export function httpPort(cli: CliProcess): number {
+  const port = /"address":"[^"]*:(\d+)","msg":"http listening"/.exec(cli.output())?.[1];
+  if (port === undefined) throw new Error(`no 'http listening' line in:\n${cli.output().slice(-2000)}`);
+  return Number(port);
+}
+
 export async function putMany(client: Etcd3, entries: [string | Buffer, string | Buffer][]): Promise<void> {
   for (let i = 0; i < entries.length; i += 100) {
     const chunk = entries.slice(i, i + 100);

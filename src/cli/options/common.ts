@@ -94,13 +94,24 @@ export function nonNegativeInt(flag: string) {
   };
 }
 
-/** `500ms`, `30s`, `10m`, `1h`; a bare number is seconds. Returns milliseconds. */
-export function parseDuration(flag: string) {
+/** The longest duration a timer holds: Node clamps a longer one to 1 ms (a busy loop). */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
+/**
+ * `500ms`, `30s`, `10m`, `1h`; a bare number is seconds. Returns milliseconds, at most
+ * MAX_DURATION_MS (about 24 days) and at least `minMs` (0 allowed too when `zeroMeansOff`).
+ */
+export function parseDuration(flag: string, bounds: { minMs?: number; zeroMeansOff?: boolean } = {}) {
   return (value: string): number => {
     const m = /^(\d+)(ms|s|m|h)?$/.exec(value.trim());
     if (!m) throw new InvalidArgumentError(`${flag} must be a duration like 500ms, 30s, 10m or 1h.`);
     const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
-    return Number(m[1]) * unit;
+    const ms = Number(m[1]) * unit;
+    if (ms > MAX_DURATION_MS) throw new InvalidArgumentError(`${flag} must be at most ${durationText(MAX_DURATION_MS - (MAX_DURATION_MS % 3_600_000))} (about 24 days), not ${value.trim()}.`);
+    if (ms === 0 && bounds.zeroMeansOff) return 0;
+    const min = bounds.minMs ?? 0;
+    if (ms < min) throw new InvalidArgumentError(`${flag} must be at least ${durationText(min)}${bounds.zeroMeansOff ? ' (or 0 for off)' : ''}, not ${value.trim()}.`);
+    return ms;
   };
 }
 

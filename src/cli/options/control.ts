@@ -21,7 +21,7 @@ import {
   sideConfig,
   str,
 } from './common.js';
-import { RUN_DEFAULTS, primaryTimeout } from './run.js';
+import { RUN_DEFAULTS, RUN_LIMITS, primaryTimeout } from './run.js';
 
 export type ControlCommand = 'pause' | 'resume' | 'promote' | 'unfence' | 'status';
 
@@ -56,6 +56,7 @@ export interface ControlConfig {
   logLevel: string;
   /** promote's final check reads as `check` does, with check's defaults. */
   pageSize: number;
+  maxTxnOps: number;
   settleMs: number;
 }
 
@@ -66,7 +67,7 @@ export function addControlOptions(command: ControlCommand): (cmd: Command) => Co
       addConnectionOptions(cmd, 'primary');
       cmd.addOption(
         new Option('--primary-timeout <duration>', 'a primary that does not answer within this is unreachable')
-          .argParser(parseDuration('--primary-timeout'))
+          .argParser(parseDuration('--primary-timeout', { minMs: RUN_LIMITS.primaryTimeoutMinMs }))
           .default(RUN_DEFAULTS.primaryTimeoutMs, durationText(RUN_DEFAULTS.primaryTimeoutMs)),
       );
     }
@@ -116,6 +117,7 @@ export function controlConfig(command: ControlCommand, options: Options): Contro
     output: command === 'status' ? outputConfig(options) : 'text',
     logLevel: given(options, 'logLevel'),
     pageSize: WRITE_DEFAULTS.pageSize,
+    maxTxnOps: WRITE_DEFAULTS.maxTxnOps,
     settleMs: CHECK_DEFAULTS.settleMs,
   };
 }

@@ -1,0 +1,48 @@
+/** The options' bounds, through the CLI's own parser: every value a timer cannot hold is refused in one line. */
+import { describe, expect, it } from 'vitest';
+import { buildProgram } from '../src/cli/program.js';
+import { type RunConfig, RUN_DEFAULTS, runConfig } from '../src/cli/options/run.js';
+
+const SIDES = ['--primary-endpoints', 'http://127.0.0.1:2379', '--standby-endpoints', 'http://127.0.0.1:2380'];
+
+/** The run config for these flags, or the one-line error the CLI would print. */
+function parseRun(args: string[]): RunConfig | string {
+  let config: RunConfig | undefined;
+  const program = buildProgram({}, ({ options }) => {
+    config = runConfig(options, { identity: 'test', version: 'test' });
+  });
+  program.configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
+  for (const cmd of program.commands) cmd.configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
+  try {
+    program.parse(['run', ...SIDES, ...args], { from: 'user' });
+  } catch (err) {
+    return (err as Error).message;
+  }
+  if (!config) throw new Error('run did not parse');
+  return config;
+}
+
+describe('duration flags', () => {
+  it.each([
+    [['--check-interval', '600h'], "error: option '--check-interval <duration>' argument '600h' is invalid. --check-interval must be at most 596h (about 24 days), not 600h."],
+    [['--check-interval', '1ms'], "error: option '--check-interval <duration>' argument '1ms' is invalid. --check-interval must be at least 1s (or 0 for off), not 1ms."],
+    [['--check-interval', '999ms'], "error: option '--check-interval <duration>' argument '999ms' is invalid. --check-interval must be at least 1s (or 0 for off), not 999ms."],
+    [['--heal-delay', '10ms'], "error: option '--heal-delay <duration>' argument '10ms' is invalid. --heal-delay must be at least 100ms, not 10ms."],
+    [['--heal-delay', '2147484s'], "error: option '--heal-delay <duration>' argument '2147484s' is invalid. --heal-delay must be at most 596h (about 24 days), not 2147484s."],
+    [['--primary-timeout', '500ms'], "error: option '--primary-timeout <duration>' argument '500ms' is invalid. --primary-timeout must be at least 1s, not 500ms."],
+    [['--check-interval', 'soon'], "error: option '--check-interval <duration>' argument 'soon' is invalid. --check-interval must be a duration like 500ms, 30s, 10m or 1h."],
+  ])('%j is refused: %s', (args, message) => {
+    expect(parseRun(args)).toBe(message);
+  });
+
+  it.each([
+    [['--check-interval', '0'], { checkIntervalMs: 0 }],
+    [['--check-interval', '1s'], { checkIntervalMs: 1_000 }],
+    [['--check-interval', '596h'], { checkIntervalMs: 596 * 3_600_000 }],
+    [['--heal-delay', '100ms'], { healDelayMs: 100 }],
+    [['--primary-timeout', '1s'], { primaryTimeoutMs: 1_000 }],
+    [[], { checkIntervalMs: RUN_DEFAULTS.checkIntervalMs, healDelayMs: RUN_DEFAULTS.healDelayMs, primaryTimeoutMs: RUN_DEFAULTS.primaryTimeoutMs }],
+  ])('%j is taken: %j', (args, expected) => {
+    expect(parseRun(args)).toMatchObject(expected);
+  });
+});
