@@ -34,7 +34,8 @@ describe('HTTP surface of run', () => {
       expect(await get('/readyz')).toEqual({ status: 503, body: 'not ready: primary unreachable (never answered)\n' });
 
       await primary.launch();
-      await waitFor(async () => (await get('/readyz')).status === 200, { timeoutMs: 30_000, message: 'never ready' });
+      // Ready as the leader that streams (a replica is ready as a follower too, for a moment before it campaigns).
+      await waitFor(async () => (await get('/readyz')).status === 200 && JSON.parse((await get('/status')).body).role === 'leader', { timeoutMs: 30_000, message: 'never ready' });
       await p.put('/registry/pods/apps/c').value('c').exec();
       await p.delete().key('/registry/pods/apps/a').exec();
       await waitFor(async () => (await snapshot(s)).has('/registry/pods/apps/c') && !(await snapshot(s)).has('/registry/pods/apps/a'), { timeoutMs: 20_000 });

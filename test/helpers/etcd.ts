@@ -1,6 +1,6 @@
 /** Real etcd servers for tests: free loopback ports, temporary data dirs, optional TLS and auth. */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -202,6 +202,40 @@ export class EtcdServer {
     this.process = undefined;
   }
 
+  /** `etcdctl snapshot save` of this etcd into `file` (no TLS or auth: the fault tests' plain etcds). */
+  snapshotTo(file: string): void {
+    execFileSync(path.join(path.dirname(ETCD_BIN), 'etcdctl'), ['--endpoints', this.endpoint, 'snapshot', 'save', file], { stdio: 'ignore', env: { ...etcdctlEnv(), ETCDCTL_API: '3' } });
+  }
+
+  /**
+   * Stops this etcd, replaces its data with the snapshot `file` and starts it again on the same
+   * address: the same member and cluster ID, or with `newCluster` a cluster of another ID (an etcd
+   * rebuilt from a backup).
+   */
+  async restoreFrom(file: string, options: { newCluster?: boolean } = {}): Promise<void> {
+    await this.stop();
+    rmSync(this.dataDir, { recursive: true, force: true });
+    const dir = path.dirname(ETCD_BIN);
+    // etcd 3.5 restores with etcdutl (etcdctl's restore is deprecated there); 3.4 has etcdctl only.
+    const tool = existsSync(path.join(dir, 'etcdutl')) ? 'etcdutl' : 'etcdctl';
+    execFileSync(
+      path.join(dir, tool),
+      [
+        'snapshot',
+        'restore',
+        file,
+        `--data-dir=${this.dataDir}`,
+        `--name=${this.memberName}`,
+        `--initial-cluster=${this.memberName}=${this.peerUrl}`,
+        `--initial-cluster-token=${this.memberName}${options.newCluster ? '-rebuilt' : ''}`,
+        `--initial-advertise-peer-urls=${this.peerUrl}`,
+        ...(tool === 'etcdctl' ? ['--skip-hash-check'] : []),
+      ],
+      { stdio: 'ignore', env: { ...etcdctlEnv(), ETCDCTL_API: '3' } },
+    );
+    await this.launch();
+  }
+
   async restart(): Promise<void> {
     await this.stop();
     await this.launch();
@@ -211,6 +245,11 @@ export class EtcdServer {
     await this.stop('SIGKILL');
     rmSync(this.dataDir, { recursive: true, force: true });
   }
+}
+
+/** The environment without etcd's own ETCD_* variables (etcd and its tools read each as a flag). */
+function etcdctlEnv(): Record<string, string> {
+  return Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => !e[0].startsWith('ETCD') && e[1] !== undefined));
 }
 
 /** A primary and a standby, each its own cluster. */
