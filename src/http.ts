@@ -9,8 +9,8 @@ export interface HttpHandlers {
   /** Whether to answer /readyz with 200, and the reason its body gives. */
   ready(): { ready: boolean; reason: string };
   status(): object;
-  /** The latest check as `etcd-sync check --output json` prints it (runs one when there is none). */
-  check(): Promise<object>;
+  /** The latest check as `etcd-sync check --output json` prints it (runs one when there is none); undefined: /check is off. */
+  check?: () => Promise<object>;
 }
 
 export interface HttpServer {
@@ -34,6 +34,12 @@ export async function startHttp(address: string, handlers: HttpHandlers, log: Lo
     const path = (req.url ?? '/').split('?')[0];
     void (async () => {
       try {
+        // Read-only surface: anything but GET and HEAD is refused before any work is done.
+        if (req.method !== 'GET' && req.method !== 'HEAD') {
+          res.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, HEAD' });
+          res.end('method not allowed\n');
+          return;
+        }
         if (path === '/metrics') {
           res.writeHead(200, { 'content-type': handlers.registry.contentType });
           res.end(await handlers.registry.metrics());
@@ -46,7 +52,7 @@ export async function startHttp(address: string, handlers: HttpHandlers, log: Lo
           res.end(`${ready ? 'ready' : 'not ready'}: ${reason}\n`);
         } else if (path === '/status') {
           json(res, 200, handlers.status());
-        } else if (path === '/check') {
+        } else if (path === '/check' && handlers.check) {
           json(res, 200, await handlers.check());
         } else {
           res.writeHead(404, { 'content-type': 'text/plain' });

@@ -119,6 +119,15 @@ export function parseKubernetesKey(key: Buffer, from = 0): ParsedKey | undefined
   return { resource, namespace: text(r), name: text(r + 1) };
 }
 
+/**
+ * The prefix as a directory: `/registry` means `/registry/` (kube-apiserver's --etcd-prefix is
+ * given without the slash and its keys are `<prefix>/<resource>/...`), so that `/registry-other/x`
+ * and `/registryfoo` are never under it.
+ */
+export function normalizePrefix(prefix: Buffer): Buffer {
+  return prefix.length > 0 && prefix[prefix.length - 1] === SLASH ? prefix : Buffer.concat([prefix, Buffer.from('/')]);
+}
+
 export class Scope {
   readonly keyPrefix: Buffer;
   readonly rangeEnd: Buffer;
@@ -127,8 +136,8 @@ export class Scope {
   private readonly excludedNamespaceBytes: readonly Buffer[];
 
   constructor(rules: ScopeRules) {
-    this.keyPrefix = rules.keyPrefix;
-    this.rangeEnd = prefixEnd(rules.keyPrefix);
+    this.keyPrefix = normalizePrefix(rules.keyPrefix);
+    this.rangeEnd = prefixEnd(this.keyPrefix);
     this.excludePrefixes = rules.excludePrefixes;
     // A name with characters beyond latin1 can match no key's latin1 reading; leave it out.
     this.excludedNamespaceBytes = [...rules.excludeNamespaces].filter((ns) => bytesOf(ns).toString('latin1') === ns).map(bytesOf);
@@ -149,20 +158,45 @@ export class Scope {
     return this.decide(key) === 'in-scope';
   }
 
-  /** The bytes of the key that name a namespace: a namespaced object's namespace, or a Namespace object's name. */
+  /**
+   * The bytes of the key that name a namespace: a namespaced object's namespace, or a Namespace
+   * object's name. Read loosely, so that what follows cannot hide an excluded namespace: the
+   * segment after the resource names a namespace whenever a `/` follows it, whatever comes after
+   * (an empty name, `..`, more segments); a Namespace object's name whatever follows it.
+   */
   private namespaceSpan(key: Buffer): [number, number] | undefined {
-    const layout = readLayout(key, this.keyPrefix.length);
-    if (layout === undefined) return undefined;
-    const { starts, ends, count, resourceSegments: r } = layout;
-    if (count - r === 2) return [starts[r] as number, ends[r] as number];
-    if (r === 1 && spanEquals(key, starts[0] as number, ends[0] as number, NAMESPACES)) return [starts[1] as number, ends[1] as number];
-    return undefined;
+    const from = this.keyPrefix.length;
+    const segments = segmentsOf(key, from, 4);
+    const first = segments[0];
+    if (first === undefined || first[0] === first[1]) return undefined;
+    const second = segments[1];
+    if (spanEquals(key, first[0], first[1], NAMESPACES)) return second;
+    const dotInFirst = key.subarray(first[0], first[1]).includes(DOT);
+    const twoSegments =
+      dotInFirst || (second !== undefined && TWO_SEGMENT_RESOURCE_BYTES.some(([a, b]) => spanEquals(key, first[0], first[1], a) && spanEquals(key, second[0], second[1], b)));
+    const r = twoSegments ? 2 : 1;
+    const namespace = segments[r];
+    // Namespaced only when something follows the namespace segment (a cluster-scoped object's name is last).
+    return namespace !== undefined && namespace[1] < key.length ? namespace : undefined;
   }
 
   private isExcluded(key: Buffer, start: number, end: number): boolean {
     for (const ns of this.excludedNamespaceBytes) if (spanEquals(key, start, end, ns)) return true;
     return false;
   }
+}
+
+/** The first `most` `/`-separated segments of key[from..] as [start, end) (empty ones included). */
+function segmentsOf(key: Buffer, from: number, most: number): [number, number][] {
+  const out: [number, number][] = [];
+  let start = from;
+  for (let i = from; i <= key.length && out.length < most; i++) {
+    if (i === key.length || key[i] === SLASH) {
+      out.push([start, i]);
+      start = i + 1;
+    }
+  }
+  return out;
 }
 
 export function defaultScopeRules(): ScopeRules {

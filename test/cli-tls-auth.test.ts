@@ -145,7 +145,7 @@ describe('TLS, auth and bad input', () => {
       [[...base(), '--max-txn-ops', '2'], '--max-txn-ops must be at least 3 (a write carries up to 3 compares), not 2'],
       [replace(base(), '--primary-endpoints', 'localhost:2379'), "'localhost:2379' must start with http:// or https://"],
       [[...base(), '--exclude-namespace', 'Bad_Name'], "--exclude-namespace: 'Bad_Name' is not a valid namespace name"],
-      [[...base(), '--checkpoint-key', '/registry/etcd-sync'], '--checkpoint-key /registry/etcd-sync must be outside --key-prefix /registry/'],
+      [[...base(), '--checkpoint-key', '/registry/etcd-sync'], "--checkpoint-key /registry/etcd-sync: etcd-sync's keys beside it (/registry/etcd-sync) must be outside --key-prefix /registry/"],
       [base().filter((a, i, all) => a !== '--primary-key' && all[i - 1] !== '--primary-key'), '--primary-cert and --primary-key go together'],
     ];
     for (const [args, message] of cases) {

@@ -41,6 +41,7 @@ describe('deploy/', () => {
       'CronJob/etcd-sync-check',
       'Deployment/etcd-sync',
       'Namespace/etcd-sync',
+      'NetworkPolicy/etcd-sync',
       'Service/etcd-sync',
       'ServiceMonitor/etcd-sync',
     ]);

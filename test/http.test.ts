@@ -4,6 +4,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
+import { readFileSync } from 'node:fs';
+import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS } from '../bench/load.js';
 import { packageVersion, putMany, runCli, snapshot, httpPort } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -112,6 +114,39 @@ describe('HTTP surface of run', () => {
     } finally {
       first.child.kill('SIGTERM');
       await first.exited;
+    }
+  });
+
+  it("100 concurrent /check with the image's heap settings: one audit, bounded memory, alive; only GET and HEAD; --http-check off", async () => {
+    await putMany(p, Array.from({ length: 3000 }, (_, i): [string, string] => [`/registry/configmaps/many-${i % 30}/k${i}`, 'x'.repeat(512)]));
+    const cli = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--check-interval', '0'], { NODE_OPTIONS: IMAGE_NODE_OPTIONS }, IMAGE_NODE_FLAGS);
+    try {
+      await cli.waitForLog('http listening');
+      const base = `http://127.0.0.1:${httpPort(cli)}`;
+      await waitFor(async () => ((await (await fetch(`${base}/status`)).json()) as { state: string }).state === 'streaming', { timeoutMs: 30_000 });
+      const answers = await Promise.all(Array.from({ length: 100 }, async () => (await fetch(`${base}/check`)).json() as Promise<{ counts: { inScope: number } }>));
+      expect(new Set(answers.map((a) => JSON.stringify(a))).size).toBe(1);
+      expect(answers[0]?.counts.inScope).toBeGreaterThanOrEqual(3000);
+      expect(cli.output().split('"msg":"/check: auditing both etcds"').length - 1).toBe(1);
+      const peakKb = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${cli.child.pid}/status`, 'utf8'))?.[1]);
+      expect(peakKb / 1024).toBeLessThan(400);
+      expect(cli.child.exitCode).toBe(null);
+      for (const method of ['POST', 'PUT', 'DELETE', 'PATCH']) {
+        const res = await fetch(`${base}/check`, { method });
+        expect([res.status, res.headers.get('allow')]).toEqual([405, 'GET, HEAD']);
+      }
+      expect((await fetch(`${base}/healthz`, { method: 'HEAD' })).status).toBe(200);
+    } finally {
+      cli.child.kill('SIGTERM');
+      await cli.exited;
+    }
+    const off = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--http-check', 'off']);
+    try {
+      await off.waitForLog('http listening');
+      expect((await fetch(`http://127.0.0.1:${httpPort(off)}/check`)).status).toBe(404);
+    } finally {
+      off.child.kill('SIGTERM');
+      await off.exited;
     }
   });
 });

@@ -2,14 +2,19 @@
 import { describe, expect, it } from 'vitest';
 import { buildProgram } from '../src/cli/program.js';
 import { type RunConfig, RUN_DEFAULTS, runConfig } from '../src/cli/options/run.js';
+import { controlConfig } from '../src/cli/options/control.js';
 
 const SIDES = ['--primary-endpoints', 'http://127.0.0.1:2379', '--standby-endpoints', 'http://127.0.0.1:2380'];
 
 /** The run config for these flags, or the one-line error the CLI would print. */
 function parseRun(args: string[]): RunConfig | string {
-  let config: RunConfig | undefined;
+  let config: RunConfig | string | undefined;
   const program = buildProgram({}, ({ options }) => {
-    config = runConfig(options, { identity: 'test', version: 'test' });
+    try {
+      config = runConfig(options, { identity: 'test', version: 'test' });
+    } catch (err) {
+      config = (err as Error).message; // a ConfigError: the line the CLI prints
+    }
   });
   program.configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
   for (const cmd of program.commands) cmd.configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
@@ -44,5 +49,36 @@ describe('duration flags', () => {
     [[], { checkIntervalMs: RUN_DEFAULTS.checkIntervalMs, healDelayMs: RUN_DEFAULTS.healDelayMs, primaryTimeoutMs: RUN_DEFAULTS.primaryTimeoutMs }],
   ])('%j is taken: %j', (args, expected) => {
     expect(parseRun(args)).toMatchObject(expected);
+  });
+});
+
+describe('scope and control keys', () => {
+  it('--key-prefix /registry means /registry/', () => {
+    const config = parseRun(['--key-prefix', '/registry']);
+    expect(typeof config === 'string' ? config : config.scope.keyPrefix.toString()).toBe('/registry/');
+  });
+
+  it.each([
+    [['--checkpoint-key', '/etcd-sync/leader'], '--checkpoint-key /etcd-sync/leader is etcd-sync\'s own leader key: choose another'],
+    [['--checkpoint-key', '/registry/pods/default/x'], "--checkpoint-key /registry/pods/default/x: etcd-sync's keys beside it (/registry/pods/default/x) must be outside --key-prefix /registry/"],
+    [['--checkpoint-key', '/registry/cp'], "--checkpoint-key /registry/cp: etcd-sync's keys beside it (/registry/cp) must be outside --key-prefix /registry/"],
+    [['--key-prefix', '/k8s', '--checkpoint-key', '/k8s/sync/checkpoint'], "--checkpoint-key /k8s/sync/checkpoint: etcd-sync's keys beside it (/k8s/sync/checkpoint) must be outside --key-prefix /k8s/"],
+    [['--checkpoint-key', 'relative'], "--checkpoint-key must be a key starting with '/' (not ending with it), got 'relative'"],
+    [['--key-prefix', '/'], "--key-prefix must start with '/' and name a directory, got '/'"],
+  ])('run %j is refused: %s', (args, message) => {
+    expect(parseRun(args)).toBe(message);
+  });
+
+  it('the control commands validate the checkpoint key the same way', () => {
+    let error = '';
+    const program = buildProgram({}, ({ command, options }) => {
+      try {
+        controlConfig(command.path as 'pause', options);
+      } catch (err) {
+        error = (err as Error).message;
+      }
+    });
+    program.parse(['pause', '--standby-endpoints', 'http://127.0.0.1:2380', '--checkpoint-key', '/registry/pods/default/x'], { from: 'user' });
+    expect(error).toBe("--checkpoint-key /registry/pods/default/x: etcd-sync's keys beside it (/registry/pods/default/x) must be outside --key-prefix /registry/");
   });
 });

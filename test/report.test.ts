@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type CheckReport, formatText, groupOf, keyText, toJson } from '../src/diff/report.js';
+import { type CheckReport, formatText, groupOf, keyText, toJson, displayKey } from '../src/diff/report.js';
 import { prettyLine } from '../src/log.js';
 
 const prefix = Buffer.from('/registry/');
@@ -105,5 +105,34 @@ describe('pretty log lines (terminal only)', () => {
     ['not json', 'not json'],
   ])('%s', (line, pretty) => {
     expect(prettyLine(line)).toBe(pretty);
+  });
+});
+
+describe('displayKey: a key on a terminal', () => {
+  it.each([
+    ['/registry/secrets/kube-sys/real-target\r  /registry/configmaps/default/harmless-cache', '/registry/secrets/kube-sys/real-target\\x0d  /registry/configmaps/default/harmless-cache'],
+    ['/registry/pods/apps/\x1b[2Kx', '/registry/pods/apps/\\x1b[2Kx'],
+    ['/registry/pods/apps/a\u202eb', '/registry/pods/apps/a\\u202eb'],
+    ['/registry/pods/apps/\x7f\u0085', '/registry/pods/apps/\\x7f\\x85'],
+    ['/registry/pods/apps/ünïcode', '/registry/pods/apps/ünïcode'],
+  ])('%j shows as %s', (key, shown) => {
+    expect(displayKey(Buffer.from(key))).toBe(shown);
+  });
+  it('the text report escapes them; JSON keeps the key exact', () => {
+    const hostile = Buffer.from('/registry/secrets/kube-sys/real-target\r  /registry/configmaps/default/harmless-cache');
+    const r: CheckReport = {
+      consistent: false,
+      comparedAtRevision: 5n,
+      primaryRevision: 5n,
+      standbyRevision: 3n,
+      mode: 'checkpoint',
+      inScope: 1,
+      findings: { missing: [], surplus: [hostile], different: [] },
+      unreplicable: [],
+      checkedAt: 0,
+    };
+    expect(formatText(r, prefix, 10)).toContain('  /registry/secrets/kube-sys/real-target\\x0d  /registry/configmaps/default/harmless-cache\n');
+    expect(formatText(r, prefix, 10)).not.toContain('\r');
+    expect(toJson(r).surplus).toEqual([hostile.toString()]);
   });
 });

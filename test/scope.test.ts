@@ -49,8 +49,15 @@ describe('Scope with the default rules', () => {
     ['/etcd-sync/checkpoint', 'outside-prefix'],
     ['/registry', 'outside-prefix'],
     ['/registryx/pods/a/b', 'outside-prefix'],
-    // Unknown layouts cannot be told apart by namespace: copied as they are.
+    // Odd layouts are copied, unless their namespace segment is an excluded one.
     ['/registry/odd/a/b/c', 'in-scope'],
+    // Whatever follows an excluded namespace, the key stays excluded.
+    ['/registry/pods/kube-system/', 'excluded-namespace'],
+    ['/registry/pods/kube-system/../default/x', 'excluded-namespace'],
+    ['/registry/pods/kube-system/a/b/c', 'excluded-namespace'],
+    ['/registry/namespaces/kube-system/', 'excluded-namespace'],
+    ['/registry/example.com/widgets/kube-system/', 'excluded-namespace'],
+    ['/registry/services/specs/kube-system/', 'excluded-namespace'],
   ];
   it.each(cases)('%s → %s', (key, decision) => {
     expect(scope.decide(Buffer.from(key))).toBe(decision);
@@ -60,6 +67,15 @@ describe('Scope with the default rules', () => {
     expect(scope.decide(key)).toBe('excluded-namespace');
     expect(scope.decide(Buffer.concat([Buffer.from('/registry/pods/apps/'), Buffer.from([0xc3, 0x28])]))).toBe('in-scope');
   });
+  it.each(['/registry', '/registry/'])('--key-prefix %s: the same scope, nothing outside /registry/', (prefix) => {
+    const scope = new Scope({ ...defaultScopeRules(), keyPrefix: Buffer.from(prefix) });
+    expect(scope.keyPrefix.toString()).toBe('/registry/');
+    expect(scope.rangeEnd.toString()).toBe('/registry0');
+    for (const key of ['/registry-other/x', '/registryfoo', '/registry', '/registry0']) expect(scope.decide(Buffer.from(key))).toBe('outside-prefix');
+    expect(scope.decide(Buffer.from('/registry/pods/kube-system/x'))).toBe('excluded-namespace');
+    expect(scope.decide(Buffer.from('/registry/namespaces/kube-public'))).toBe('excluded-namespace');
+    expect(scope.decide(Buffer.from('/registry/pods/apps/x'))).toBe('in-scope');
+  });
   it('custom rules: other prefix, no excluded namespaces', () => {
     const custom = new Scope({ keyPrefix: Buffer.from('/k8s/'), excludeNamespaces: new Set(), excludePrefixes: [Buffer.from('/k8s/events/')] });
     expect(custom.decide(Buffer.from('/k8s/pods/kube-system/x'))).toBe('in-scope');
@@ -68,16 +84,20 @@ describe('Scope with the default rules', () => {
   });
 });
 
-describe('Scope.decide agrees with the object parseKubernetesKey reads', () => {
+describe('Scope.decide agrees with the rule written out on strings', () => {
   // decide() goes by byte spans; the reference decides on the parsed object's text.
   const excluded = new Set(['kube-system', 'a.b', 'specs']);
   const scope = new Scope({ keyPrefix: Buffer.from('/registry/'), excludeNamespaces: excluded, excludePrefixes: [] });
+  // The rule in words: the segment after the resource (one segment, or two for `group.x/res`
+  // and the two-segment built-ins) names a namespace whenever anything follows it; a Namespace
+  // object's name whatever follows it.
   const reference = (key: Buffer): ScopeDecision => {
     if (!key.subarray(0, 10).equals(Buffer.from('/registry/'))) return 'outside-prefix';
-    const parsed = parseKubernetesKey(key, 10);
-    if (parsed?.namespace !== undefined && excluded.has(parsed.namespace)) return 'excluded-namespace';
-    if (parsed?.resource === 'namespaces' && parsed.namespace === undefined && excluded.has(parsed.name)) return 'excluded-namespace';
-    return 'in-scope';
+    const segs = key.subarray(10).toString('latin1').split('/');
+    if (segs[0] === '') return 'in-scope';
+    if (segs[0] === 'namespaces') return segs[1] !== undefined && excluded.has(segs[1]) ? 'excluded-namespace' : 'in-scope';
+    const r = segs[0]!.includes('.') || (segs[0] === 'services' && (segs[1] === 'specs' || segs[1] === 'endpoints')) ? 2 : 1;
+    return segs.length > r + 1 && excluded.has(segs[r]!) ? 'excluded-namespace' : 'in-scope';
   };
   const words = ['', 'pods', 'namespaces', 'services', 'specs', 'endpoints', 'example.com', 'kube-system', 'a.b', 'x', '\xff'];
   const keys: string[] = [];

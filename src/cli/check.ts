@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { ConfigError, EtcdSyncError, describeError } from '../errors.js';
 import { EtcdSide } from '../etcd/connection.js';
 import { readHeader } from '../etcd/kv.js';
-import { type CheckReport, formatText, keyText, toJson } from '../diff/report.js';
+import { type CheckReport, displayKey, formatText, keyText, toJson } from '../diff/report.js';
 import { Scope } from '../scope.js';
 import { audit, repair, repairPlan } from '../sync/audit.js';
 import { LeaseMapper, leaseKeyPrefix } from '../sync/leases.js';
@@ -47,11 +47,11 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
     if (config.repair && !report.consistent) {
       const plan = repairPlan(report, config.prune);
       if (config.dryRun) {
-        print(report, config, io, { put: plan.put.map(keyText), delete: plan.delete.map(keyText) });
+        print(report, config, io, { put: plan.put, delete: plan.delete });
         return report.consistent ? 0 : 1;
       }
       if (plan.delete.length > 0 && !config.yes) {
-        const confirmed = (await io.confirm?.(plan.delete.map(keyText))) ?? false;
+        const confirmed = (await io.confirm?.(plan.delete.map(displayKey))) ?? false;
         if (!confirmed) {
           io.log.warn({ surplus: plan.delete.length }, 'not deleting surplus keys: not confirmed');
           plan.delete = [];
@@ -87,15 +87,15 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
   }
 }
 
-function print(report: CheckReport, config: CheckConfig, io: CheckIo, plan?: { put: string[]; delete: string[] }): void {
+function print(report: CheckReport, config: CheckConfig, io: CheckIo, plan?: { put: Buffer[]; delete: Buffer[] }): void {
   if (config.output === 'json') {
-    io.out(`${JSON.stringify({ ...toJson(report), ...(plan ? { plan } : {}) })}\n`);
+    io.out(`${JSON.stringify({ ...toJson(report), ...(plan ? { plan: { put: plan.put.map(keyText), delete: plan.delete.map(keyText) } } : {}) })}\n`);
     return;
   }
   io.out(formatText(report, config.scope.keyPrefix, config.limit));
   if (plan) {
     io.out(`\ndry run: would put ${plan.put.length} keys and delete ${plan.delete.length}; nothing written\n`);
-    for (const key of plan.put) io.out(`  put    ${key}\n`);
-    for (const key of plan.delete) io.out(`  delete ${key}\n`);
+    for (const key of plan.put) io.out(`  put    ${displayKey(key)}\n`);
+    for (const key of plan.delete) io.out(`  delete ${displayKey(key)}\n`);
   }
 }

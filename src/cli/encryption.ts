@@ -1,5 +1,6 @@
 /** `etcd-sync encryption merge` and `etcd-sync encryption verify`. */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { ConfigError, EtcdSyncError, describeError } from '../errors.js';
 import { EtcdSide } from '../etcd/connection.js';
@@ -17,14 +18,37 @@ export interface CliIo {
   warn(line: string): void;
 }
 
+/** An EncryptionConfiguration is a few KiB: a larger input is a mistake (or /dev/zero), not a config. */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
 export function readEncryptionConfig(flag: string, file: string): EncryptionConfig {
   let text: string;
   try {
+    const stat = statSync(file);
+    if (!stat.isFile()) throw new ConfigError(`${flag} ${file} is not a regular file`);
+    if (stat.size > MAX_CONFIG_BYTES) throw new ConfigError(`${flag} ${file} is ${stat.size} bytes: an EncryptionConfiguration is at most ${MAX_CONFIG_BYTES} (1 MiB)`);
     text = readFileSync(file, 'utf8');
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new ConfigError(`cannot read ${flag} ${file}: ${(err as NodeJS.ErrnoException).code ?? describeError(err)}`);
   }
   return parseEncryptionConfig(text, file);
+}
+
+/**
+ * Writes `text` to `file` readable by its owner only (0600: it holds encryption keys): into a
+ * new file beside it, then renamed over it, so that an existing file keeps no wider mode and a
+ * symlink at the path is replaced, never followed.
+ */
+function writeSecretFile(file: string, text: string): void {
+  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  try {
+    writeFileSync(temp, text, { mode: 0o600, flag: 'wx' });
+    renameSync(temp, file);
+  } catch (err) {
+    rmSync(temp, { force: true });
+    throw new ConfigError(`cannot write -o ${file}: ${(err as NodeJS.ErrnoException).code ?? describeError(err)}`);
+  }
 }
 
 const oneShotRetry = (log: Logger) => retrier({ log, ...ONE_SHOT_RETRY });
@@ -35,7 +59,7 @@ export async function runMerge(config: MergeConfig, io: CliIo): Promise<number> 
   const standbyConfig = readEncryptionConfig('--standby', config.standbyFile);
   const result = mergeConfigs(primary, standbyConfig);
   const yaml = mergedYaml(result, config.primaryFile, config.standbyFile);
-  if (config.outputFile) writeFileSync(config.outputFile, yaml);
+  if (config.outputFile) writeSecretFile(config.outputFile, yaml);
   else io.out(yaml);
   for (const r of result.renames) io.warn(`renamed the standby's ${r.type} key '${r.from}' to '${r.to}' for ${r.resources.join(',')}`);
   if (config.standby && result.renames.length > 0) {

@@ -66,8 +66,9 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
     log,
     primaryMonitor,
   );
-  const checkNow = () =>
-    audit(primary, standby, {
+  const checkNow = () => {
+    log.info('/check: auditing both etcds');
+    return audit(primary, standby, {
       scope,
       checkpointKey: config.checkpointKey,
       pageSize: config.pageSize,
@@ -76,6 +77,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
       retry: retrier({ log, signal, maxAttempts: 4 }),
       signal,
     });
+  };
   log.info({ version: config.version, identity: config.identity }, 'starting');
   const probeStop = new AbortController();
   const probing = primaryMonitor.probe(primary, standby, config.checkpointKey, probeStop.signal);
@@ -143,7 +145,7 @@ export function readiness(supervisor: Supervisor, monitor: PrimaryMonitor, ready
 export function httpHandlers(
   supervisor: Supervisor,
   monitor: PrimaryMonitor,
-  config: Pick<RunConfig, 'identity' | 'readyMaxLag'>,
+  config: Pick<RunConfig, 'identity' | 'readyMaxLag' | 'httpCheck'>,
   metrics: SyncMetrics,
   checkNow: () => ReturnType<typeof audit>,
 ): HttpHandlers {
@@ -178,6 +180,31 @@ export function httpHandlers(
           : null,
       };
     },
-    check: async () => toJson(supervisor.engine?.lastCheck ?? (await checkNow())),
+    ...(config.httpCheck ? { check: sharedCheck(supervisor, checkNow) } : {}),
+  };
+}
+
+/** A /check result this young is served again instead of a new audit of both etcds. */
+const CHECK_REUSE_MS = 30_000;
+
+/**
+ * /check: the latest periodic check; without one, at most one audit at a time, shared by every
+ * request that arrives while it runs, and its result served again for CHECK_REUSE_MS. Many
+ * concurrent requests cost one audit and one serialized report, not one each.
+ */
+function sharedCheck(supervisor: Supervisor, checkNow: () => ReturnType<typeof audit>): () => Promise<object> {
+  let running: Promise<object> | undefined;
+  let last: { at: number; body: object } | undefined;
+  return async () => {
+    const periodic = supervisor.engine?.lastCheck;
+    if (periodic) return toJson(periodic);
+    if (last && Date.now() - last.at < CHECK_REUSE_MS) return last.body;
+    running ??= checkNow()
+      .then((report) => {
+        last = { at: Date.now(), body: toJson(report) };
+        return last.body;
+      })
+      .finally(() => (running = undefined));
+    return running;
   };
 }

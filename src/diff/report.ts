@@ -48,6 +48,18 @@ export function keyText(key: Buffer): string {
   return Buffer.from(text, 'utf8').equals(key) ? text : `base64:${key.toString('base64')}`;
 }
 
+/**
+ * A key as text output and prompts show it on a terminal: keyText with every control character
+ * (C0, DEL, C1) and the Unicode format controls that reorder text (bidi overrides and isolates)
+ * escaped, so that a hostile key name cannot move the cursor or disguise itself as another key.
+ */
+export function displayKey(key: Buffer): string {
+  return keyText(key).replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+}
+
 /** `pods/apps`, `clusterroles (cluster)`, or `(other)` for keys that are not object keys. */
 export function groupOf(key: Buffer, keyPrefix: Buffer): string {
   const parsed = parseKubernetesKey(key, keyPrefix.length);
@@ -108,7 +120,7 @@ export function formatText(report: CheckReport, keyPrefix: Buffer, limit: number
   lines.push(`missing: ${f.missing.length}  surplus: ${f.surplus.length}  different: ${f.different.length}${report.unreplicable.length > 0 ? `  unreplicable: ${report.unreplicable.length}` : ''}`);
   if (report.unreplicable.length > 0) {
     lines.push('', `unreplicable (${report.unreplicable.length}): the standby refuses these even alone; give its etcd a --max-request-bytes of at least the primary's plus 64 KiB`);
-    for (const u of report.unreplicable.slice(0, limit)) lines.push(`  ${keyText(u.key)} (${u.bytes} bytes): ${u.reason}`);
+    for (const u of report.unreplicable.slice(0, limit)) lines.push(`  ${displayKey(u.key)} (${u.bytes} bytes): ${u.reason}`);
   }
   if (report.repaired) lines.push(`repaired: ${report.repaired.put} put, ${report.repaired.deleted} deleted`);
   const groups = new Map<string, Record<FindingKind, number>>();
@@ -137,7 +149,7 @@ export function formatText(report: CheckReport, keyPrefix: Buffer, limit: number
     lines.push('', `${kind} (${f[kind].length}):`);
     for (const key of f[kind]) {
       if (listed >= limit) break;
-      lines.push(`  ${keyText(key)}`);
+      lines.push(`  ${displayKey(key)}`);
       listed++;
     }
   }

@@ -2,7 +2,7 @@
 import type { Logger } from 'pino';
 import type { EtcdSide } from '../etcd/connection.js';
 import { scanPages } from '../etcd/kv.js';
-import { keyText } from '../diff/report.js';
+import { displayKey, keyText } from '../diff/report.js';
 import { parseKubernetesKey, prefixEnd, startsWith } from '../scope.js';
 import type { EncryptionConfig } from './config.js';
 import { ENCRYPTED_PREFIX, type Verdict, providersFor, verifyValue } from './decrypt.js';
@@ -119,7 +119,7 @@ export function formatVerifyText(report: VerifyReport, limit: number): string {
   ] as const) {
     if (keys.length === 0 || listed >= limit) continue;
     lines.push('', `${title} (${keys.length}):`);
-    for (const key of keys.slice(0, limit - listed)) lines.push(`  ${keyText(key)}`);
+    for (const key of keys.slice(0, limit - listed)) lines.push(`  ${displayKey(key)}`);
     listed += Math.min(keys.length, limit - listed);
   }
   const failures = report.unreadable.length + report.unknownKey.length;

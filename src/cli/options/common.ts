@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../../errors.js';
 import type { EtcdSideConfig } from '../../etcd/connection.js';
-import { DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_EXCLUDE_PREFIXES, DEFAULT_KEY_PREFIX, type ScopeRules, startsWith } from '../../scope.js';
+import { DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_EXCLUDE_PREFIXES, DEFAULT_KEY_PREFIX, type ScopeRules, normalizePrefix, startsWith } from '../../scope.js';
+import { controlKeys } from '../../sync/control-keys.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;
 /** What commander parsed: flags, then ETCD_SYNC_* variables, then the defaults. */
@@ -221,12 +222,18 @@ export function parseEndpoints(flag: string, value: string): string[] {
     .map((s) => s.trim())
     .filter((s) => s.length > 0);
   if (endpoints.length === 0) throw new ConfigError(`${flag} is empty`);
-  for (const endpoint of endpoints) {
+  for (const given of endpoints) {
+    // Whatever is wrong with it, an endpoint is never echoed with what could be a password in it.
+    const endpoint = given.replace(/\/\/[^/@]*@/, '//***@');
     let url: URL;
     try {
-      url = new URL(endpoint);
+      url = new URL(given);
     } catch {
       throw new ConfigError(`${flag}: '${endpoint}' is not a URL (expected http://host:port or https://host:port)`);
+    }
+    if (url.username !== '' || url.password !== '') {
+      const side = flag.replace(/-endpoints$/, '');
+      throw new ConfigError(`${flag}: '${endpoint}' carries credentials: give them as ${side}-user and ${side}-password (or their ETCD_SYNC_* variables), not in the URL`);
     }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${flag}: '${endpoint}' must start with http:// or https://`);
     if (!url.port) throw new ConfigError(`${flag}: '${endpoint}' has no port (etcd listens on 2379)`);
@@ -269,17 +276,31 @@ export function sideConfig(options: Options, side: string, flagPrefix = `${side}
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 /** The checkpoint key: non-empty and outside `keyPrefix`. */
+/**
+ * The checkpoint key, validated once for every command: a key of its own, outside --key-prefix,
+ * whose neighbours (the leader and control keys, derived from its directory) are outside it too,
+ * and that is none of those neighbours itself.
+ */
 export function checkpointKeyConfig(options: Options, keyPrefix: Buffer): Buffer {
-  const checkpointKey = Buffer.from(given<string>(options, 'checkpointKey'));
-  if (checkpointKey.length === 0) throw new ConfigError('--checkpoint-key is empty');
-  if (startsWith(checkpointKey, keyPrefix)) throw new ConfigError(`--checkpoint-key ${checkpointKey.toString()} must be outside --key-prefix ${keyPrefix.toString()}`);
+  const flag = '--checkpoint-key';
+  const text = given<string>(options, 'checkpointKey');
+  if (!text.startsWith('/') || text.endsWith('/')) throw new ConfigError(`${flag} must be a key starting with '/' (not ending with it), got '${text}'`);
+  const checkpointKey = Buffer.from(text);
+  const keys = controlKeys(checkpointKey);
+  for (const key of [checkpointKey, ...Object.values(keys)]) {
+    if (startsWith(key, keyPrefix) || startsWith(keyPrefix, key)) {
+      throw new ConfigError(`${flag} ${text}: etcd-sync's keys beside it (${key.toString()}) must be outside --key-prefix ${keyPrefix.toString()}`);
+    }
+  }
+  const clash = Object.entries(keys).find(([, key]) => key.equals(checkpointKey));
+  if (clash) throw new ConfigError(`${flag} ${text} is etcd-sync's own ${clash[0]} key: choose another`);
   return checkpointKey;
 }
 
 export function keyPrefixConfig(options: Options): Buffer {
   const keyPrefix = given<string>(options, 'keyPrefix');
-  if (!keyPrefix.startsWith('/')) throw new ConfigError(`--key-prefix must start with '/', got '${keyPrefix}'`);
-  return Buffer.from(keyPrefix);
+  if (!keyPrefix.startsWith('/') || keyPrefix === '/') throw new ConfigError(`--key-prefix must start with '/' and name a directory, got '${keyPrefix}'`);
+  return normalizePrefix(Buffer.from(keyPrefix));
 }
 
 export function scopeConfig(options: Options): { scope: ScopeRules; checkpointKey: Buffer } {

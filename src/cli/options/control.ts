@@ -1,6 +1,5 @@
 /** `etcd-sync pause|resume|promote|unfence|status`: their flags with their defaults and the typed config. */
 import { type Command, Option } from 'commander';
-import { ConfigError } from '../../errors.js';
 import type { EtcdSideConfig } from '../../etcd/connection.js';
 import type { ScopeRules } from '../../scope.js';
 import { CHECK_DEFAULTS } from './check.js';
@@ -10,7 +9,10 @@ import {
   addConnectionOptions,
   addLogOptions,
   addScopeOptions,
+  SCOPE_DEFAULTS,
+  checkpointKeyConfig,
   checkpointKeyOption,
+  keyPrefixConfig,
   durationText,
   given,
   nonNegativeInt,
@@ -88,7 +90,7 @@ export function addControlOptions(command: ControlCommand): (cmd: Command) => Co
         .addOption(new Option('--ready-max-lag <revisions>', 'exit 0 only when the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(RUN_DEFAULTS.readyMaxLag));
     }
     if (command === 'promote') addScopeOptions(cmd);
-    else cmd.addOption(checkpointKeyOption());
+    else cmd.addOption(new Option('--key-prefix <prefix>', "the synced prefix, which etcd-sync's keys must stay outside of").default(SCOPE_DEFAULTS.keyPrefix)).addOption(checkpointKeyOption());
     return addLogOptions(cmd, CONTROL_DEFAULTS.logLevel);
   };
 }
@@ -97,10 +99,7 @@ export function controlConfig(command: ControlCommand, options: Options): Contro
   let checkpointKey: Buffer;
   let scope: ScopeRules | undefined;
   if (command === 'promote') ({ scope, checkpointKey } = scopeConfig(options));
-  else {
-    checkpointKey = Buffer.from(given<string>(options, 'checkpointKey'));
-    if (checkpointKey.length === 0) throw new ConfigError('--checkpoint-key is empty');
-  }
+  else checkpointKey = checkpointKeyConfig(options, keyPrefixConfig(options));
   const readsPrimary = command === 'promote' || command === 'status';
   return {
     command,

@@ -35,6 +35,11 @@ export const RUN_DEFAULTS = {
    */
   httpAddress: '0.0.0.0:9479',
   /**
+   * Whether the HTTP server answers /check (an audit of both etcds, listing key names) at all.
+   * @default 'on'
+   */
+  httpCheck: 'on',
+  /**
    * The leadership lease: when the leader dies another replica takes over within it.
    * @default 15 (seconds)
    */
@@ -118,6 +123,8 @@ export interface RunConfig extends WriteConfig {
   readyMaxLag: number;
   leaseTtlSeconds: number;
   primaryTimeoutMs: number;
+  /** Whether /check is served. */
+  httpCheck: boolean;
 }
 
 export function addRunOptions(cmd: Command): Command {
@@ -126,6 +133,7 @@ export function addRunOptions(cmd: Command): Command {
     .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'))
     .addOption(new Option('--check-interval <duration>', 'periodic consistency check and repair; 0 turns it off').argParser(parseDuration('--check-interval', { minMs: RUN_LIMITS.checkIntervalMinMs, zeroMeansOff: true })).default(d.checkIntervalMs, durationText(d.checkIntervalMs)))
     .addOption(new Option('--http-address <host:port>', 'serve /metrics, /healthz, /readyz, /status, /check here; "off" for none').default(d.httpAddress))
+    .addOption(new Option('--http-check <on|off>', '/check on the HTTP server: an audit of both etcds that lists key names').choices(['on', 'off']).default(d.httpCheck))
     .addOption(new Option('--lease-ttl <seconds>', 'leadership lease; when the leader dies another replica takes over within it').argParser(positiveInt('--lease-ttl')).default(d.leaseTtlSeconds))
     .addOption(new Option('--identity <name>', 'this replica in /status, metrics and logs (default: $POD_NAME, else the hostname)'))
     .addOption(new Option('--ready-max-lag <revisions>', '/readyz is ready once the initial sync is done and the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(d.readyMaxLag))
@@ -183,6 +191,7 @@ export function runConfig(options: Options, edge: { identity: string; version: s
     readyMaxLag: given(options, 'readyMaxLag'),
     leaseTtlSeconds: given(options, 'leaseTtl'),
     primaryTimeoutMs: primaryTimeout(options),
+    httpCheck: given<string>(options, 'httpCheck') === 'on',
   };
 }
 
