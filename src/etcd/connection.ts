@@ -55,6 +55,8 @@ function hostOf(endpoint: string): string {
 export class EtcdSide {
   readonly name: string;
   readonly endpoints: string[];
+  /** See EtcdSideConfig.probeKey. */
+  readonly probeKey: Buffer;
   private readonly credentials: grpc.ChannelCredentials;
   private readonly channelOptions: grpc.ChannelOptions;
   private readonly auth: EtcdSideConfig['auth'];
@@ -74,6 +76,7 @@ export class EtcdSide {
     const o: ConnectionOptions = { ...DEFAULT_CONNECTION_OPTIONS, ...options };
     this.name = config.name;
     this.endpoints = config.endpoints;
+    this.probeKey = config.probeKey ?? Buffer.from([0]);
     this.auth = config.auth;
     this.callTimeoutMs = o.callTimeoutMs;
     const secure = config.endpoints.some((e) => e.startsWith('https://'));

@@ -1,18 +1,36 @@
 /** Range, txn and status calls, in etcd-sync's own types (Buffers, bigint revisions). */
-import { TooLargeError } from '../errors.js';
+import { AuthError, TooLargeError } from '../errors.js';
 import { type NestedTxn, type RangeRequest, type RangeResponse, type TxnOp, decodeRangeResponse, decodeTxnResponse, encodeRangeRequest, encodeTxnRequest } from './codec.js';
 import type { EtcdSide } from './connection.js';
 import type { Compare, Header, KeyValue, WriteOp } from './types.js';
 
 export type { Compare, Header, KeyValue, WriteOp } from './types.js';
 
-function range(side: EtcdSide, what: string, request: RangeRequest): Promise<RangeResponse> {
-  return side.unary(what, 'KV/Range', encodeRangeRequest(request), decodeRangeResponse);
+async function range(side: EtcdSide, what: string, request: RangeRequest): Promise<RangeResponse> {
+  try {
+    return await side.unary(what, 'KV/Range', encodeRangeRequest(request), decodeRangeResponse);
+  } catch (err) {
+    throw withGrant(err, `read on ${describeRange(request.key, request.rangeEnd)}`);
+  }
 }
 
-/** Current revision and cluster ID of a side (a one-key count-only range). */
+/** `'/registry/'`, `'/registry/' to '/registry0'` (the prefix), `'\x00' to the end`. */
+function describeRange(key: Buffer, rangeEnd: Buffer | undefined): string {
+  const text = (b: Buffer): string => JSON.stringify(b.toString('latin1'));
+  if (rangeEnd === undefined || rangeEnd.length === 0) return `the key ${text(key)}`;
+  if (rangeEnd.length === 1 && rangeEnd[0] === 0) return `every key from ${text(key)}`;
+  return `the keys from ${text(key)} to ${text(rangeEnd)} (exclusive)`;
+}
+
+/** A permission error says which grant the side's user lacks. */
+export function withGrant(err: unknown, grant: string): unknown {
+  if (err instanceof AuthError && /permission denied/.test(err.message)) return new AuthError(`${err.message} (the user needs ${grant})`, { cause: err });
+  return err;
+}
+
+/** Current revision and cluster ID of a side (a count-only read of its probe key). */
 export async function readHeader(side: EtcdSide): Promise<Header> {
-  return (await range(side, 'status', { key: Buffer.from([0]), countOnly: true, limit: 1 })).header;
+  return (await range(side, 'status', { key: side.probeKey, countOnly: true })).header;
 }
 
 export async function readKey(side: EtcdSide, key: Buffer): Promise<KeyValue | undefined> {
@@ -262,8 +280,13 @@ export function nestOps(ops: readonly WriteOp[], maxTxnOps: number, compareCount
  * whether the compares held (and so whether the ops ran).
  */
 export async function txn(side: EtcdSide, ops: WriteOp[], compares: Compare[] = [], maxTxnOps = Math.max(ops.length, compares.length)): Promise<{ succeeded: boolean; header: Header }> {
-  const res = await side.unary(`txn of ${ops.length} ops`, 'KV/Txn', encodeTxnRequest(compares, nestOps(ops, maxTxnOps, compares.length)), decodeTxnResponse);
-  return { succeeded: res.succeeded, header: res.header };
+  try {
+    const res = await side.unary(`txn of ${ops.length} ops`, 'KV/Txn', encodeTxnRequest(compares, nestOps(ops, maxTxnOps, compares.length)), decodeTxnResponse);
+    return { succeeded: res.succeeded, header: res.header };
+  } catch (err) {
+    const keys = [...new Set([...ops, ...compares].map((o) => JSON.stringify(o.key.toString('latin1'))))];
+    throw withGrant(err, `readwrite on ${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ` and ${keys.length - 3} more keys` : ''}`);
+  }
 }
 
 /**

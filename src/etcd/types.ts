@@ -46,4 +46,10 @@ export interface EtcdSideConfig {
   endpoints: string[];
   tls?: EtcdTls;
   auth?: { username: string; password: string };
+  /**
+   * The key whose read tells the side's revision and cluster ID (a count-only read of this one
+   * key): one the side's user may read, e.g. the synced prefix on the primary and etcd-sync's own
+   * checkpoint key on the standby. Absent: the key `\0`, which needs read on the whole keyspace.
+   */
+  probeKey?: Buffer;
 }

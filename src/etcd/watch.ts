@@ -8,6 +8,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { CompactedError, UnreachableError, fromGrpcError } from '../errors.js';
 import { WATCH_PROGRESS_REQUEST, type WatchResponse, decodeWatchResponse, encodeWatchCreateRequest, passThrough } from './codec.js';
 import type { EtcdSide } from './connection.js';
+import { withGrant } from './kv.js';
 
 export interface WatchEvent {
   type: 'put' | 'delete';
@@ -98,7 +99,7 @@ export class WatchStream {
       if (request.silenceTimeoutMs !== undefined) stream.watchSilence(request.silenceTimeoutMs);
     } catch (err) {
       stream.close();
-      throw err;
+      throw withGrant(err, `read on the keys from ${JSON.stringify(request.key.toString('latin1'))} to ${JSON.stringify(request.rangeEnd.toString('latin1'))} (exclusive)`);
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);

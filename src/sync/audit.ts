@@ -123,10 +123,9 @@ async function primaryNow(primary: EtcdSide, options: AuditOptions): Promise<big
 }
 
 export async function audit(primary: EtcdSide, standby: EtcdSide, options: AuditOptions): Promise<CheckReport> {
-  const [stored, primaryHeader] = await Promise.all([
-    options.retry('read checkpoint', () => readCheckpoint(standby, options.checkpointKey)),
-    options.retry('read primary revision', () => readHeader(primary)),
-  ]);
+  // The checkpoint first: the primary's revision read after it is never below it while a sync runs.
+  const stored = await options.retry('read checkpoint', () => readCheckpoint(standby, options.checkpointKey));
+  const primaryHeader = await options.retry('read primary revision', () => readHeader(primary));
   const checkpoint = stored.checkpoint;
   if (checkpoint && checkpoint.primaryClusterId === primaryHeader.clusterId && checkpoint.revision <= primaryHeader.revision) {
     try {

@@ -120,7 +120,7 @@ export async function fullDiff(ctx: SyncContext, revision: bigint, prune: boolea
   if (signal.aborted) throw new AbortedError();
   if (stats.put + stats.deleted === 0 || checkpoint.checkpointedRevision < revision) await checkpoint.apply([], revision);
   checkpoint.appliedRevision = revision;
-  ctx.notePrimary();
+  ctx.notePrimary(revision); // the primary answered at the pinned revision: it is at least there
   stats.durationMs = Date.now() - started;
   if (stats.surplus > SURPLUS_LOGGED) log.info({ surplus: stats.surplus, listed: SURPLUS_LOGGED }, 'more surplus keys not listed');
   if (stats.scanned > 0 && Date.now() - started >= options.progressIntervalMs) reportProgress();

@@ -69,10 +69,11 @@ export function addCheckOptions(cmd: Command): Command {
 }
 
 export function checkConfig(options: Options): CheckConfig {
+  const scope = scopeConfig(options);
   return {
-    primary: sideConfig(options, 'primary'),
-    standby: sideConfig(options, 'standby'),
-    ...scopeConfig(options),
+    primary: sideConfig(options, 'primary', scope.scope.keyPrefix),
+    standby: sideConfig(options, 'standby', scope.checkpointKey),
+    ...scope,
     ...writeConfig(options),
     output: outputConfig(options),
     limit: given(options, 'limit'),

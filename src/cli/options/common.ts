@@ -244,8 +244,11 @@ export function parseEndpoints(flag: string, value: string): string[] {
   return endpoints;
 }
 
-/** Connection settings of one side from `--<side>-*` options. */
-export function sideConfig(options: Options, side: string, flagPrefix = `${side}-`): EtcdSideConfig {
+/**
+ * Connection settings of one side from `--<side>-*` options. `probeKey`: the key the side's
+ * revision is read with, one its user may read (least privilege: no read of the whole keyspace).
+ */
+export function sideConfig(options: Options, side: string, probeKey: Buffer, flagPrefix = `${side}-`): EtcdSideConfig {
   const flag = (name: string): string => `--${flagPrefix}${name}`;
   const get = (name: string): string | undefined => str(options, camel(`${flagPrefix}${name}`));
   const endpointsValue = get('endpoints');
@@ -258,7 +261,7 @@ export function sideConfig(options: Options, side: string, flagPrefix = `${side}
   const key = get('key');
   if ((cert === undefined) !== (key === undefined)) throw new ConfigError(`${flag('cert')} and ${flag('key')} go together: give both or neither`);
   if (!secure && (cacert || cert)) throw new ConfigError(`${flag(cacert ? 'cacert' : 'cert')} given, but ${flag('endpoints')} are http:// (use https://)`);
-  const config: EtcdSideConfig = { name: side, endpoints };
+  const config: EtcdSideConfig = { name: side, endpoints, probeKey };
   if (secure) {
     config.tls = {
       ...(cacert ? { ca: readPem(flag('cacert'), cacert) } : {}),

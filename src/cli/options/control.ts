@@ -98,13 +98,19 @@ export function addControlOptions(command: ControlCommand): (cmd: Command) => Co
 export function controlConfig(command: ControlCommand, options: Options): ControlConfig {
   let checkpointKey: Buffer;
   let scope: ScopeRules | undefined;
-  if (command === 'promote') ({ scope, checkpointKey } = scopeConfig(options));
-  else checkpointKey = checkpointKeyConfig(options, keyPrefixConfig(options));
+  let keyPrefix: Buffer;
+  if (command === 'promote') {
+    ({ scope, checkpointKey } = scopeConfig(options));
+    keyPrefix = scope.keyPrefix;
+  } else {
+    keyPrefix = keyPrefixConfig(options);
+    checkpointKey = checkpointKeyConfig(options, keyPrefix);
+  }
   const readsPrimary = command === 'promote' || command === 'status';
   return {
     command,
-    standby: sideConfig(options, 'standby'),
-    ...(str(options, 'primaryEndpoints') ? { primary: sideConfig(options, 'primary') } : {}),
+    standby: sideConfig(options, 'standby', checkpointKey),
+    ...(str(options, 'primaryEndpoints') ? { primary: sideConfig(options, 'primary', keyPrefix) } : {}),
     checkpointKey,
     ...(scope ? { scope } : {}),
     force: options.force === true,

@@ -75,7 +75,7 @@ export function mergeConfig(options: Options): MergeConfig {
     primaryFile: required(options, 'primary'),
     standbyFile: required(options, 'standby'),
     ...(outputFile ? { outputFile } : {}),
-    ...(str(options, 'standbyEndpoints') ? { standby: sideConfig(options, 'standby') } : {}),
+    ...(str(options, 'standbyEndpoints') ? { standby: sideConfig(options, 'standby', Buffer.from(SCOPE_DEFAULTS.keyPrefix)) } : {}),
     keyPrefix: Buffer.from(SCOPE_DEFAULTS.keyPrefix),
     pageSize: WRITE_DEFAULTS.pageSize,
     logLevel: given(options, 'logLevel'),
@@ -83,10 +83,11 @@ export function mergeConfig(options: Options): MergeConfig {
 }
 
 export function verifyConfig(options: Options): VerifyConfig {
+  const keyPrefix = keyPrefixConfig(options);
   return {
     configFile: required(options, 'config'),
-    side: sideConfig(options, 'this', ''),
-    keyPrefix: keyPrefixConfig(options),
+    side: sideConfig(options, 'this', keyPrefix, ''),
+    keyPrefix,
     output: outputConfig(options),
     limit: given(options, 'limit'),
     pageSize: given(options, 'pageSize'),

@@ -174,10 +174,12 @@ function httpAddress(options: Options): string | undefined {
 export function runConfig(options: Options, edge: { identity: string; version: string }): RunConfig {
   const address = httpAddress(options);
   const encryptionConfigFile = str(options, 'encryptionConfig');
+  const scope = scopeConfig(options);
   return {
-    primary: sideConfig(options, 'primary'),
-    standby: sideConfig(options, 'standby'),
-    ...scopeConfig(options),
+    // The primary's user reads the synced prefix only; the standby's, the prefix and etcd-sync's own keys.
+    primary: sideConfig(options, 'primary', scope.scope.keyPrefix),
+    standby: sideConfig(options, 'standby', scope.checkpointKey),
+    ...scope,
     ...writeConfig(options),
     prune: options.prune === true,
     logLevel: given(options, 'logLevel'),
