@@ -84,6 +84,16 @@ export class CheckpointChangedError extends EtcdSyncError {
 }
 
 /**
+ * The endpoint answers, but is not an etcd gRPC endpoint, or speaks TLS to an http:// URL: a
+ * configuration mistake. Retryable (an endpoint list may be fixed by DNS or a restart), logged as
+ * an error each time; a one-shot command gives up with exit 2.
+ */
+export class WrongEndpointError extends EtcdSyncError {
+  readonly retryable = true;
+  readonly exitCode = 2;
+}
+
+/**
  * The etcd answers but takes no writes for now: its NOSPACE alarm is raised (database space
  * exceeded). An outage of that etcd, not a mistake in the request: retried until it takes writes
  * again (the operator compacts, defragments and disarms the alarm).

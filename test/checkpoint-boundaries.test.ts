@@ -9,8 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { Scope, defaultScopeRules } from '../src/scope.js';
 import type { EtcdServer } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
-import { httpPort, runCli, waitInSync } from './helpers/sync.js';
-import { waitFor } from './helpers/wait.js';
+import { runCli, waitInSync, waitStreaming } from './helpers/sync.js';
 
 /** In-scope keys and values of `client` at `revision`. */
 async function stateAt(client: Etcd3, revision: string, scope: Scope): Promise<Map<string, string>> {
@@ -31,8 +30,7 @@ describe('checkpoint boundaries', () => {
   it('every standby transaction leaves the standby equal to the primary at its checkpoint (mixed multi-key revisions)', async () => {
     const sync = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby')]);
     try {
-      await sync.waitForLog('http listening');
-      await waitFor(async () => ((await (await fetch(`http://127.0.0.1:${httpPort(sync)}/status`)).json()) as { state: string }).state === 'streaming', { timeoutMs: 30_000 });
+      await waitStreaming(sync);
       const startRevision = (await s.kv.range({ key: Buffer.from('x') })).header.revision;
       // A seeded pseudo-random workload: the same on every run.
       let seed = 42;

@@ -1,3 +1,4 @@
+import http from 'node:http';
 /** mTLS and user/password on both sides, and every bad-input case of `run`, through the real CLI. */
 import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -105,6 +106,30 @@ describe('TLS, auth and bad input', () => {
     const r = await exitOf(replace(base(), '--primary-cacert', other.ca));
     expect(r.code).toBe(2);
     expectOneLine(r.output, 'primary etcd', primary.endpoint, 'TLS handshake failed');
+  });
+
+  it('a client key that does not fit its certificate, or the two swapped: exit 2, one line naming the side and the flags', async () => {
+    const other = makeTls('other-pair');
+    onTestFinished(() => rmSync(other.dir, { recursive: true, force: true }));
+    const mismatch = await exitOf(['check', ...replace(base(), '--primary-key', other.clientKey).slice(1)]);
+    expect(mismatch.code).toBe(2);
+    expect(mismatch.output).toBe("etcd-sync: --primary-key is not the key of --primary-cert: the primary side's client certificate and key do not belong together\n");
+    const swapped = await exitOf(['check', ...replace(replace(base(), '--standby-cert', tls.clientKey), '--standby-key', tls.clientCert).slice(1)]);
+    expect(swapped.code).toBe(2);
+    expect(swapped.output).toBe("etcd-sync: --standby-cert is not a certificate (the standby side's --standby-cert and --standby-key swapped?)\n");
+  });
+
+  it('http:// to a TLS etcd, and an endpoint that is not etcd: named as such, exit 2', async () => {
+    const plain = primary.endpoint.replace('https://', 'http://');
+    const wrongScheme = await exitOf(['check', '--primary-endpoints', plain, ...standby.cliArgs('standby')]);
+    expect(wrongScheme.code).toBe(2);
+    expectOneLine(wrongScheme.output, `primary etcd (${plain})`, 'the endpoint speaks TLS: use https://');
+    const port = await freePort();
+    const web = http.createServer((_req, res) => res.end('a web server')).listen(port, '127.0.0.1');
+    onTestFinished(() => void web.close());
+    const notEtcd = await exitOf(['check', '--primary-endpoints', `http://127.0.0.1:${port}`, ...standby.cliArgs('standby')]);
+    expect(notEtcd.code).toBe(2);
+    expectOneLine(notEtcd.output, `primary etcd (http://127.0.0.1:${port})`, 'not an etcd gRPC endpoint');
   });
 
   it('wrong password: exit 2, one line naming the endpoint and the cause', async () => {

@@ -274,3 +274,44 @@ describe('encryption commands against real etcd', () => {
     ]);
   });
 });
+
+describe('which providers kube-apiserver reads a resource with', () => {
+  const config = parseEncryptionConfig(
+    [
+      'apiVersion: apiserver.config.k8s.io/v1',
+      'kind: EncryptionConfiguration',
+      'resources:',
+      '  - resources: [events]',
+      '    providers: [{ identity: {} }]',
+      '  - resources: [secrets, widgets.example.com]',
+      '    providers: [{ aescbc: { keys: [{ name: key1, secret: ' + k32.toString('base64') + ' }] } }]',
+      "  - resources: ['*.apps']",
+      '    providers: [{ aescbc: { keys: [{ name: key2, secret: ' + k32.toString('base64') + ' }] } }]',
+      "  - resources: ['*.']",
+      '    providers: [{ secretbox: { keys: [{ name: key3, secret: ' + k32.toString('base64') + ' }] } }]',
+    ].join('\n'),
+    'wild.yaml',
+  );
+  const keyNames = (key: string): string[] => providersFor(config, Buffer.from(key), Buffer.from('/registry/')).flatMap((p) => ('keys' in p ? p.keys.map((k) => k.name) : [p.type]));
+  it.each([
+    ['/registry/secrets/apps/db', ['key1']],
+    ['/registry/example.com/widgets/apps/w', ['key1']],
+    ['/registry/deployments/apps/web', ['key2']], // apps group, stored without it
+    ['/registry/controllerrevisions/apps/r', ['key2']],
+    ['/registry/configmaps/apps/c', ['key3']], // core, by '*.'
+    ['/registry/minions/node-1', ['key3']], // nodes: core
+    ['/registry/events/apps/e', ['identity']], // the first entry that names it wins
+    ['/registry/jobs/apps/j', []], // batch: named by no entry → identity, nothing decrypts
+    ['/registry/other.io/things/apps/t', []],
+  ])('%s → %j', (key, names) => {
+    expect(keyNames(key)).toEqual(names);
+  });
+  it('a ConfigMap encrypted with key1 where only secrets are configured is unreadable (read with identity)', () => {
+    const only = parseEncryptionConfig(configYaml([{ type: 'aescbc', keys: [['key1', k32]] }]), 'only.yaml');
+    const key = '/registry/configmaps/apps/c';
+    const value = encryptValue('aescbc', 'key1', k32, pod, key);
+    expect(verifyValue(Buffer.from(key), value, providersFor(only, Buffer.from(key), Buffer.from('/registry/')))).toMatchObject({ status: 'unreadable', provider: 'identity' });
+    const secret = '/registry/secrets/apps/s';
+    expect(verifyValue(Buffer.from(secret), encryptValue('aescbc', 'key1', k32, pod, secret), providersFor(only, Buffer.from(secret), Buffer.from('/registry/')))).toMatchObject({ status: 'readable' });
+  });
+});

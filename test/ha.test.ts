@@ -51,6 +51,8 @@ describe('high availability and control', () => {
     const all = [replica('r0'), replica('r1'), replica('r2')];
     await waitFor(() => leaders().length === 1 && all.every((r) => r.output().includes('http listening')), { timeoutMs: 30_000, message: 'no leader' });
     await waitFor(async () => (await status(leaders()[0]!)).state === 'streaming', { timeoutMs: 30_000 });
+    // A replica is `starting` until both etcds have answered it, then a follower.
+    await waitFor(async () => (await Promise.all(all.map(status))).every((r) => r.state !== 'starting'), { timeoutMs: 30_000, message: 'a replica never left starting' });
     const roles = await Promise.all(all.map(status));
     expect(roles.map((r) => r.role).sort()).toEqual(['follower', 'follower', 'leader']);
     expect(roles.filter((r) => r.role === 'follower').map((r) => r.state)).toEqual(['follower', 'follower']);

@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdServer } from './helpers/etcd.js';
 import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
-import { type CliProcess, httpPort, putMany, runCli, snapshot, waitInSync } from './helpers/sync.js';
+import { type CliProcess, httpPort, putMany, runCli, snapshot, waitInSync, waitStreaming } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'etcd-sync-snapshots-'));
@@ -34,13 +34,7 @@ describe('histories that move under a running sync', () => {
     sync = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--prune', ...extra]);
     return sync;
   };
-  const streaming = async (cli: CliProcess): Promise<void> => {
-    await cli.waitForLog('http listening');
-    await waitFor(async () => ((await (await fetch(`http://127.0.0.1:${httpPort(cli)}/status`)).json()) as { state: string }).state === 'streaming', {
-      timeoutMs: 60_000,
-      message: `never streaming:\n${cli.output().slice(-2000)}`,
-    });
-  };
+
 
   it('the full diff revision compacted mid-diff: the diff starts again at a newer revision, no exit, exact equality', async () => {
     await putMany(
@@ -55,7 +49,7 @@ describe('histories that move under a running sync', () => {
         await p.kv.compact({ revision: put.header.revision, physical: true });
       })();
     });
-    await streaming(cli);
+    await waitStreaming(cli);
     expect(cli.output()).toContain('resync: the full diff revision was compacted on the primary; again at a newer revision');
     const metrics = parseMetrics(await (await fetch(`http://127.0.0.1:${httpPort(cli)}/metrics`)).text());
     expect(metrics.get('etcd_sync_resyncs_total{reason="compacted"}')).toBeGreaterThanOrEqual(1);
@@ -65,7 +59,7 @@ describe('histories that move under a running sync', () => {
 
   it('the primary restored from an older backup, then rebuilt as a new cluster: logged, the standby follows the primary as it is now', async () => {
     const cli = run();
-    await streaming(cli);
+    await waitStreaming(cli);
     await putMany(p, [
       ['/registry/configmaps/backup/kept', 'in the backup'],
       ['/registry/configmaps/backup/changed', 'before'],
@@ -97,7 +91,7 @@ describe('histories that move under a running sync', () => {
   it('the standby restored from an older backup while run keeps running: deletes made since arrive, exact equality without --prune', async () => {
     sync = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby')]);
     const cli = sync;
-    await streaming(cli);
+    await waitStreaming(cli);
     await putMany(
       p,
       Array.from({ length: 25 }, (_, i): [string, string] => [`/registry/configmaps/standby-backup/k${i}`, 'x']),

@@ -10,7 +10,7 @@ import { type Etcd3, Range } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { usePair } from './helpers/pair.js';
-import { httpPort, putMany, runCli, waitInSync } from './helpers/sync.js';
+import { putMany, runCli, waitInSync, waitStreaming } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'etcd-sync-least-'));
@@ -51,11 +51,7 @@ describe('least privilege', () => {
   it('run, check, status and encryption verify work with read on the prefix (primary) and readwrite on the prefix and /etcd-sync/ (standby)', async () => {
     const sync = runCli(['run', ...primaryArgs(), ...standbyArgs()]);
     try {
-      await sync.waitForLog('http listening');
-      await waitFor(async () => ((await (await fetch(`http://127.0.0.1:${httpPort(sync)}/status`)).json()) as { state: string }).state === 'streaming', {
-        timeoutMs: 30_000,
-        message: `never streaming:\n${sync.output().slice(-2000)}`,
-      });
+      await waitStreaming(sync);
       await p.put('/registry/configmaps/apps/c').value('streamed').exec();
       await waitInSync(p, s);
       expect(sync.output()).not.toContain('permission denied');

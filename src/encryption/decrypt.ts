@@ -11,8 +11,11 @@ export const ENCRYPTED_PREFIX = Buffer.from('k8s:enc:');
 
 export type Verdict =
   | { status: 'readable'; provider: CipherType; keyName: string }
-  /** A key of that name exists but none of them decrypts it to a stored object. */
-  | { status: 'unreadable'; provider: CipherType; keyName: string }
+  /**
+   * A key of that name exists but none of them decrypts it to a stored object; or (provider
+   * `identity`) no `resources` entry names the value's resource, so it is read as it is.
+   */
+  | { status: 'unreadable'; provider: CipherType | 'identity'; keyName: string }
   /** No configured key (or provider) has the name the value was written with. */
   | { status: 'unknown-key'; provider: string; keyName: string }
   /** kms values need the KMS plugin: not verifiable offline. */
@@ -56,18 +59,73 @@ function decrypt(type: CipherType, key: Buffer, data: Buffer, etcdKey: Buffer): 
   }
 }
 
-/** The providers kube-apiserver uses for this etcd key's resource; all of them when no entry names it. */
-export function providersFor(config: EncryptionConfig, etcdKey: Buffer, keyPrefix: Buffer): Provider[] {
+/**
+ * Built-in resources whose etcd keys name them otherwise than their API resource, or without
+ * their API group (kubernetes/kubernetes pkg/kubeapiserver/default_storage_factory_builder.go and
+ * the registries' storage prefixes): etcd's first path segment → [group, resource].
+ */
+const BUILT_IN_RESOURCES: Readonly<Record<string, readonly [string, string]>> = {
+  minions: ['', 'nodes'],
+  controllers: ['', 'replicationcontrollers'],
+  'services/specs': ['', 'services'],
+  'services/endpoints': ['', 'endpoints'],
+  deployments: ['apps', 'deployments'],
+  replicasets: ['apps', 'replicasets'],
+  statefulsets: ['apps', 'statefulsets'],
+  daemonsets: ['apps', 'daemonsets'],
+  controllerrevisions: ['apps', 'controllerrevisions'],
+  jobs: ['batch', 'jobs'],
+  cronjobs: ['batch', 'cronjobs'],
+  horizontalpodautoscalers: ['autoscaling', 'horizontalpodautoscalers'],
+  poddisruptionbudgets: ['policy', 'poddisruptionbudgets'],
+  roles: ['rbac.authorization.k8s.io', 'roles'],
+  rolebindings: ['rbac.authorization.k8s.io', 'rolebindings'],
+  clusterroles: ['rbac.authorization.k8s.io', 'clusterroles'],
+  clusterrolebindings: ['rbac.authorization.k8s.io', 'clusterrolebindings'],
+  networkpolicies: ['networking.k8s.io', 'networkpolicies'],
+  ingress: ['networking.k8s.io', 'ingresses'],
+  ingressclasses: ['networking.k8s.io', 'ingressclasses'],
+  storageclasses: ['storage.k8s.io', 'storageclasses'],
+  volumeattachments: ['storage.k8s.io', 'volumeattachments'],
+  csinodes: ['storage.k8s.io', 'csinodes'],
+  csidrivers: ['storage.k8s.io', 'csidrivers'],
+  csistoragecapacities: ['storage.k8s.io', 'csistoragecapacities'],
+  priorityclasses: ['scheduling.k8s.io', 'priorityclasses'],
+  leases: ['coordination.k8s.io', 'leases'],
+  certificatesigningrequests: ['certificates.k8s.io', 'certificatesigningrequests'],
+  validatingwebhookconfigurations: ['admissionregistration.k8s.io', 'validatingwebhookconfigurations'],
+  mutatingwebhookconfigurations: ['admissionregistration.k8s.io', 'mutatingwebhookconfigurations'],
+  endpointslices: ['discovery.k8s.io', 'endpointslices'],
+  runtimeclasses: ['node.k8s.io', 'runtimeclasses'],
+  flowschemas: ['flowcontrol.apiserver.k8s.io', 'flowschemas'],
+  prioritylevelconfigurations: ['flowcontrol.apiserver.k8s.io', 'prioritylevelconfigurations'],
+};
+
+/** An etcd key's API group and resource: `/registry/deployments/...` → apps, deployments; `/registry/example.com/widgets/...` → example.com, widgets. */
+export function groupResourceOf(etcdKey: Buffer, keyPrefix: Buffer): { group: string; resource: string } | undefined {
   const parsed = parseKubernetesKey(etcdKey, keyPrefix.length);
-  if (parsed) {
-    // `secrets`, `services/specs` (core: `secrets`, `services`) or `example.com/widgets` → `widgets.example.com`
-    const [first = '', second = ''] = parsed.resource.split('/');
-    const group = first.includes('.') ? first : '';
-    const name = group ? `${second}.${group}` : first;
-    const entry = config.resources.find((e) => e.resources.some((r) => r === name || r === '*.*' || r === (group ? `*.${group}` : '*.')));
-    if (entry) return entry.providers;
-  }
-  return config.resources.flatMap((e) => e.providers);
+  if (!parsed) return undefined;
+  const builtIn = BUILT_IN_RESOURCES[parsed.resource];
+  if (builtIn) return { group: builtIn[0], resource: builtIn[1] };
+  const [first = '', second = ''] = parsed.resource.split('/');
+  return first.includes('.') ? { group: first, resource: second } : { group: '', resource: first };
+}
+
+/**
+ * The providers kube-apiserver reads this etcd key's resource with: those of the first
+ * `resources` entry naming it — `resource` (core) or `resource.group`, `*.group` (`*.` for the
+ * core group) or `*.*`, entries in order, earlier ones first — and none (the identity
+ * transformer: an encrypted value is unreadable) when no entry names it (kubernetes/apiserver
+ * pkg/server/options/encryptionconfig; the EncryptionConfiguration reference). All providers for
+ * a key whose resource cannot be told.
+ */
+export function providersFor(config: EncryptionConfig, etcdKey: Buffer, keyPrefix: Buffer): Provider[] {
+  const gr = groupResourceOf(etcdKey, keyPrefix);
+  if (!gr) return config.resources.flatMap((e) => e.providers);
+  const name = gr.group ? `${gr.resource}.${gr.group}` : gr.resource;
+  const groupWildcard = `*.${gr.group}`;
+  const entry = config.resources.find((e) => e.resources.some((r) => r === name || r === groupWildcard || r === '*.*'));
+  return entry ? entry.providers : [];
 }
 
 export function verifyValue(etcdKey: Buffer, value: Buffer, providers: readonly Provider[]): Verdict {
@@ -75,6 +133,8 @@ export function verifyValue(etcdKey: Buffer, value: Buffer, providers: readonly 
   const [type = '', version = '', name = ''] = rest.split(':', 3);
   if (type === 'kms') return { status: 'kms', provider: 'kms', keyName: name };
   if (type !== 'aescbc' && type !== 'aesgcm' && type !== 'secretbox') return { status: 'unknown-key', provider: type, keyName: name };
+  // No entry names the resource: kube-apiserver reads it with the identity transformer.
+  if (providers.length === 0) return { status: 'unreadable', provider: 'identity', keyName: name };
   const prefix = `k8s:enc:${type}:${version}:`;
   const candidates: EncryptionKey[] = providers
     .filter((p): p is Extract<Provider, { keys: EncryptionKey[] }> => p.type === type)

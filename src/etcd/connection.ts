@@ -8,7 +8,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { decodeStringField, encodeStringFields, passThrough } from './codec.js';
 import type { EtcdSideConfig } from './types.js';
-import { UnreachableError, fromGrpcError } from '../errors.js';
+import { UnreachableError, WrongEndpointError, fromGrpcError } from '../errors.js';
+import { diagnoseEndpoint } from './diagnose.js';
 
 export type { EtcdSideConfig, EtcdTls } from './types.js';
 
@@ -117,8 +118,9 @@ export class EtcdSide {
           this.tokens.delete(endpoint);
           continue;
         }
-        const typed = fromGrpcError(err, `${this.name} etcd (${endpoint}) ${what}`);
-        if (typed instanceof UnreachableError && this.endpoints[this.unaryEndpoint % this.endpoints.length] === endpoint) {
+        let typed = fromGrpcError(err, `${this.name} etcd (${endpoint}) ${what}`);
+        if (typed instanceof UnreachableError && /Protocol error|Failed to connect/.test(typed.message)) typed = await this.diagnose(endpoint, typed);
+        if ((typed instanceof UnreachableError || typed instanceof WrongEndpointError) && this.endpoints[this.unaryEndpoint % this.endpoints.length] === endpoint) {
           this.unaryEndpoint++;
           this.dropUnaryClient(endpoint);
         }
@@ -141,6 +143,15 @@ export class EtcdSide {
         else resolve(reply as T);
       });
     });
+  }
+
+  /** Names what answers at an endpoint gRPC could not talk to, when it is a configuration mistake. */
+  private async diagnose(endpoint: string, err: UnreachableError): Promise<UnreachableError | WrongEndpointError> {
+    const diagnosis = await diagnoseEndpoint(endpoint);
+    const where = `${this.name} etcd (${endpoint})`;
+    if (diagnosis === 'tls') return new WrongEndpointError(`${where}: the endpoint speaks TLS: use https:// (and the CA, certificate and key flags)`, { cause: err });
+    if (diagnosis === 'not-etcd') return new WrongEndpointError(`${where}: not an etcd gRPC endpoint (it answers plain HTTP, not etcd's /version): check the host and port`, { cause: err });
+    return err;
   }
 
   private dropUnaryClient(endpoint: string): void {

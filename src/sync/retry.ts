@@ -56,7 +56,9 @@ export async function withRetry<T>(what: string, fn: () => Promise<T>, options: 
     } catch (err) {
       if (!isRetryable(err) || attempt >= (options.maxAttempts ?? Infinity)) throw err;
       options.onRetry?.(err);
-      options.log.warn({ attempt, retryInMs: delayMs, err: describeError(err) }, `${what} failed, retrying`);
+      // A configuration mistake that may yet be fixed outside (an endpoint) is an error, not a warning.
+      const level = err instanceof EtcdSyncError && err.exitCode === 2 ? 'error' : 'warn';
+      options.log[level]({ attempt, retryInMs: delayMs, err: describeError(err) }, `${what} failed, retrying`);
       if (!(await delay(delayMs, options.signal))) throw new AbortedError();
       delayMs = Math.min(maxDelayMs, delayMs * 2);
     }

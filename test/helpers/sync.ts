@@ -181,6 +181,16 @@ export function httpPort(cli: CliProcess): number {
   return Number(port);
 }
 
+/** Waits until a `run` serves HTTP and its /status says `streaming`. */
+export async function waitStreaming(cli: CliProcess, timeoutMs = 30_000): Promise<void> {
+  await cli.waitForLog('http listening');
+  const url = `http://127.0.0.1:${httpPort(cli)}/status`;
+  await waitFor(async () => ((await (await fetch(url)).json()) as { state: string }).state === 'streaming', {
+    timeoutMs,
+    message: `never streaming:\n${cli.output().slice(-2000)}`,
+  });
+}
+
 export async function putMany(client: Etcd3, entries: [string | Buffer, string | Buffer][]): Promise<void> {
   for (let i = 0; i < entries.length; i += 100) {
     const chunk = entries.slice(i, i + 100);

@@ -5,6 +5,7 @@
  * variable's name; the typed configs below read what commander produced and never apply a
  * default of their own. Nothing below src/cli applies one either.
  */
+import { type KeyObject, X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../../errors.js';
@@ -268,12 +269,30 @@ export function sideConfig(options: Options, side: string, probeKey: Buffer, fla
       ...(cert ? { cert: readPem(flag('cert'), cert) } : {}),
       ...(key ? { key: readPem(flag('key'), key) } : {}),
     };
+    if (config.tls.cert && config.tls.key) checkKeyPair(side, flag('cert'), config.tls.cert, flag('key'), config.tls.key);
   }
   const user = get('user');
   const password = get('password');
   if ((user === undefined) !== (password === undefined)) throw new ConfigError(`${flag('user')} and ${flag('password')} go together: give both or neither`);
   if (user !== undefined && password !== undefined) config.auth = { username: user, password };
   return config;
+}
+
+/** The client certificate and its key must belong together: a mismatch fails every connection with a cryptic TLS error. */
+function checkKeyPair(side: string, certFlag: string, certPem: Buffer, keyFlag: string, keyPem: Buffer): void {
+  let certificate: X509Certificate;
+  let key: KeyObject;
+  try {
+    certificate = new X509Certificate(certPem);
+  } catch {
+    throw new ConfigError(`${certFlag} is not a certificate (the ${side} side's ${certFlag} and ${keyFlag} swapped?)`);
+  }
+  try {
+    key = createPrivateKey(keyPem);
+  } catch {
+    throw new ConfigError(`${keyFlag} is not a private key (the ${side} side's ${certFlag} and ${keyFlag} swapped?)`);
+  }
+  if (!certificate.checkPrivateKey(key)) throw new ConfigError(`${keyFlag} is not the key of ${certFlag}: the ${side} side's client certificate and key do not belong together`);
 }
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
