@@ -88,6 +88,18 @@ describe('etcd-sync check', () => {
     expect(text.stdout).not.toContain('masterleases');
   });
 
+  it("--key-prefix /registry (kube-apiserver's own form) keeps the same scope: the standby's kube-system keys and keys beside the prefix are never planned for deletion", async () => {
+    await s.put('/registry-other/x').value('beside the prefix').exec();
+    await s.put('/registryfoo').value('beside the prefix').exec();
+    const r = await check([...both(), '--key-prefix', '/registry', '--repair', '--prune', '--dry-run', '--output', 'json']);
+    const plan = JSON.parse(r.stdout).plan as { put: string[]; delete: string[] };
+    expect(plan.delete).toEqual(['/registry/secrets/apps/only-here']);
+    expect(r.stdout).not.toContain('standby-own');
+    expect(r.stdout).not.toContain('registry-other');
+    await s.delete().key('/registry-other/x').exec();
+    await s.delete().key('/registryfoo').exec();
+  });
+
   it('--dry-run prints the plan and writes nothing', async () => {
     const before = await snapshot(s);
     const r = await check([...both(), '--repair', '--prune', '--dry-run']);

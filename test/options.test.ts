@@ -63,6 +63,7 @@ describe('scope and control keys', () => {
     [['--checkpoint-key', '/registry/pods/default/x'], "--checkpoint-key /registry/pods/default/x: etcd-sync's keys beside it (/registry/pods/default/x) must be outside --key-prefix /registry/"],
     [['--checkpoint-key', '/registry/cp'], "--checkpoint-key /registry/cp: etcd-sync's keys beside it (/registry/cp) must be outside --key-prefix /registry/"],
     [['--key-prefix', '/k8s', '--checkpoint-key', '/k8s/sync/checkpoint'], "--checkpoint-key /k8s/sync/checkpoint: etcd-sync's keys beside it (/k8s/sync/checkpoint) must be outside --key-prefix /k8s/"],
+    [['--checkpoint-key', '/registry'], "--checkpoint-key /registry: etcd-sync's keys beside it (/registry/leases/) must be outside --key-prefix /registry/"],
     [['--checkpoint-key', 'relative'], "--checkpoint-key must be a key starting with '/' (not ending with it), got 'relative'"],
     [['--key-prefix', '/'], "--key-prefix must start with '/' and name a directory, got '/'"],
   ])('run %j is refused: %s', (args, message) => {

@@ -117,7 +117,7 @@ describe('the primary silent, killed or paused: every signal says so', () => {
     await waitFor(async () => (await get('/readyz')).status === 503, { timeoutMs: (TIMEOUT_S + 10) * 1000, intervalMs: 100 }).catch(async () => {
       throw new Error(`still ready with the primary killed: ${(await get('/status')).body}`);
     });
-    console.info(`killed primary: /readyz 503 after ${Date.now() - downAt} ms (--primary-timeout ${TIMEOUT_S}s)`);
+    console.info(`killed primary: /readyz 503 after ${Date.now() - downAt} ms (--primary-timeout ${TIMEOUT_S}s): ${(await get('/readyz')).body.trim()}`);
     expect(await metric('etcd_sync_primary_up')).toBe(0);
     const firstLag = (await metric('etcd_sync_lag_seconds')) ?? 0;
     await waitFor(async () => ((await metric('etcd_sync_lag_seconds')) ?? 0) > firstLag, { timeoutMs: 10_000, message: 'lag_seconds does not grow while the primary is down' });

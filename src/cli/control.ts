@@ -182,7 +182,7 @@ async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, 
     try {
       if (!config.scope) throw new ConfigError('promote needs the scope of the final check');
       const report = await audit(primary as EtcdSide, standby, { scope: new Scope(config.scope), checkpointKey: config.checkpointKey, pageSize: config.pageSize, maxTxnOps: config.maxTxnOps, settleMs: config.settleMs, retry });
-      const counts = `missing ${report.findings.missing.length}, surplus ${report.findings.surplus.length}, different ${report.findings.different.length}`;
+      const counts = `missing ${report.findings.missing.length}, surplus ${report.findings.surplus.length}, different ${report.findings.different.length}${report.unreplicable.length > 0 ? `, unreplicable ${report.unreplicable.length}` : ''}`;
       if (!report.consistent) return refuse(`the final check at primary revision ${report.comparedAtRevision} found the standby inconsistent (${counts}); run etcd-sync check --repair, then promote again`);
       lines.push(`final check: consistent at primary revision ${report.comparedAtRevision} (primary now at ${report.primaryRevision})`);
     } catch (err) {

@@ -19,13 +19,21 @@ export interface PrimaryMonitorOptions {
   probeIntervalMs: number;
 }
 
-/** A promise that fails with UnreachableError after `ms`. */
-export function withDeadline<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
+/** A promise that fails with UnreachableError after `ms`, or at once when `signal` aborts (shutdown does not wait for a silent etcd). */
+export function withDeadline<T>(what: string, ms: number, promise: Promise<T>, signal?: AbortSignal): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
   const deadline = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(() => reject(new UnreachableError(`${what}: no answer within ${ms / 1000} s`)), ms);
+    onAbort = () => reject(new UnreachableError(`${what}: aborted`));
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
   });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+  promise.catch(() => undefined); // settled after the race was decided: nobody waits for it
+  return Promise.race([promise, deadline]).finally(() => {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+  });
 }
 
 export class PrimaryMonitor {
@@ -121,14 +129,14 @@ export class PrimaryMonitor {
     signal.addEventListener('abort', () => clearInterval(watcher), { once: true });
     do {
       try {
-        const header = await withDeadline(`${primary.name} etcd`, timeout, readHeader(primary));
+        const header = await withDeadline(`${primary.name} etcd`, timeout, readHeader(primary), signal);
         this.lastProbeError = undefined;
         this.noteContact(header.revision);
       } catch (err) {
         this.lastProbeError = describeError(err);
       }
       try {
-        const stored = await withDeadline(`${standby.name} etcd`, timeout, readCheckpoint(standby, checkpointKey));
+        const stored = await withDeadline(`${standby.name} etcd`, timeout, readCheckpoint(standby, checkpointKey), signal);
         if (stored.checkpoint) this.checkpointRevision = stored.checkpoint.revision;
         this.refresh();
       } catch {

@@ -89,7 +89,9 @@ export class StreamPipeline {
       await ctx.retry('read checkpoint', () => ctx.checkpoint.load());
       if (until !== undefined && this.applied >= until) return;
       // A watch from a revision the primary has not reached is accepted and stays silent: the
-      // primary is checked against what was applied before every (re)connect.
+      // primary is checked against what was applied before every (re)connect (a restored or
+      // replaced primary restarts, which breaks the watch). Not on the watch's own answers: a
+      // progress notification can trail what was applied already.
       this.checkPrimary(await ctx.retry('read primary revision', () => readHeader(ctx.primary)));
       const watch = await ctx.retry('watch primary', () =>
         WatchStream.open(
@@ -133,13 +135,10 @@ export class StreamPipeline {
       try {
         for await (const message of watch.messages()) {
           if (message.kind === 'events') {
-            this.checkPrimary({ revision: message.headerRevision, clusterId: ctx.checkpoint.primaryClusterId });
             queue.push(...message.events);
             lastEventAt = Date.now();
             const last = message.events[message.events.length - 1];
             ctx.notePrimary(last && last.modRevision > message.headerRevision ? last.modRevision : message.headerRevision);
-          } else if (message.revision < checkpoint.appliedRevision) {
-            this.checkPrimary({ revision: message.revision, clusterId: ctx.checkpoint.primaryClusterId });
           } else if (message.revision > progressRevision) {
             progressRevision = message.revision;
             ctx.notePrimary(message.revision);

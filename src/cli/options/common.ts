@@ -12,6 +12,7 @@ import { ConfigError } from '../../errors.js';
 import type { EtcdSideConfig } from '../../etcd/connection.js';
 import { DEFAULT_EXCLUDE_NAMESPACES, DEFAULT_EXCLUDE_PREFIXES, DEFAULT_KEY_PREFIX, type ScopeRules, normalizePrefix, startsWith } from '../../scope.js';
 import { controlKeys } from '../../sync/control-keys.js';
+import { leaseKeyPrefix } from '../../sync/leases.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;
 /** What commander parsed: flags, then ETCD_SYNC_* variables, then the defaults. */
@@ -309,8 +310,8 @@ export function checkpointKeyConfig(options: Options, keyPrefix: Buffer): Buffer
   if (!text.startsWith('/') || text.endsWith('/')) throw new ConfigError(`${flag} must be a key starting with '/' (not ending with it), got '${text}'`);
   const checkpointKey = Buffer.from(text);
   const keys = controlKeys(checkpointKey);
-  for (const key of [checkpointKey, ...Object.values(keys)]) {
-    if (startsWith(key, keyPrefix) || startsWith(keyPrefix, key)) {
+  for (const key of [checkpointKey, leaseKeyPrefix(checkpointKey), ...Object.values(keys)]) {
+    if (startsWith(key, keyPrefix)) {
       throw new ConfigError(`${flag} ${text}: etcd-sync's keys beside it (${key.toString()}) must be outside --key-prefix ${keyPrefix.toString()}`);
     }
   }
