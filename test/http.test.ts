@@ -37,7 +37,13 @@ describe('HTTP surface of run', () => {
 
       await primary.launch();
       // Ready as the leader that streams (a replica is ready as a follower too, for a moment before it campaigns).
-      await waitFor(async () => (await get('/readyz')).status === 200 && JSON.parse((await get('/status')).body).role === 'leader', { timeoutMs: 30_000, message: 'never ready' });
+      await waitFor(
+        async () => {
+          const st = JSON.parse((await get('/status')).body) as { role: string; state: string; ready: { ready: boolean } };
+          return st.role === 'leader' && st.state === 'streaming' && st.ready.ready && (await get('/readyz')).status === 200;
+        },
+        { timeoutMs: 30_000, message: 'never ready' },
+      );
       await p.put('/registry/pods/apps/c').value('c').exec();
       await p.delete().key('/registry/pods/apps/a').exec();
       await waitFor(async () => (await snapshot(s)).has('/registry/pods/apps/c') && !(await snapshot(s)).has('/registry/pods/apps/a'), { timeoutMs: 20_000 });
