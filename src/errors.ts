@@ -198,7 +198,10 @@ export function fromGrpcError(err: unknown, where: string): EtcdSyncError {
     text.includes('timed out') ||
     text.includes('server is stopped') ||
     text.includes('client_closed') ||
-    text.includes('econnrefused')
+    text.includes('econnrefused') ||
+    // A stream the server reset as it stopped (etcd 3.4 on shutdown: RST_STREAM with code 0).
+    text.includes('rst_stream') ||
+    text.includes('call ended without grpc status')
   ) {
     return new UnreachableError(`${where}: unavailable: ${short}`, cause);
   }

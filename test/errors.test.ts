@@ -27,3 +27,12 @@ describe('fromGrpcError', () => {
     expect(typed.message).not.toContain('\n');
   });
 });
+
+describe('a stream the server reset as it stopped', () => {
+  it('is unreachable (retried), not a request error: etcd 3.4 resets its watches with RST_STREAM code 0 on shutdown', () => {
+    const err = Object.assign(new Error('13 INTERNAL: Received RST_STREAM with code 0 (Call ended without gRPC status)'), { code: 13, details: 'Received RST_STREAM with code 0 (Call ended without gRPC status)' });
+    const typed = fromGrpcError(err, 'primary etcd (http://127.0.0.1:2379) watch from revision 203');
+    expect(typed).toBeInstanceOf(UnreachableError);
+    expect(typed.retryable).toBe(true);
+  });
+});
