@@ -7,10 +7,9 @@ import { type HttpHandlers, startHttp } from '../http.js';
 import { SyncMetrics } from '../metrics.js';
 import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
-import { SyncEngine, type SyncHooks } from '../sync/engine.js';
+import { SyncEngine, type SyncHooks, refuseSameCluster } from '../sync/engine.js';
 import { AbortedError, type Retry, retrier } from '../sync/retry.js';
 import { readHeader } from '../etcd/kv.js';
-import { ConfigError } from '../errors.js';
 import { Supervisor } from '../sync/supervisor.js';
 import { controlKeys, describeRecord } from '../sync/control-keys.js';
 import { PrimaryMonitor } from '../sync/primary-monitor.js';
@@ -85,7 +84,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
     const server = config.httpAddress ? await startHttp(config.httpAddress, httpHandlers(supervisor, primaryMonitor, config, metrics, checkNow), log) : undefined;
     try {
       // Refused before any replica campaigns: campaigning writes the leader key into the standby.
-      await refuseSameCluster(primary, standby, retrier({ log, signal }));
+      await waitForBothSides(primary, standby, retrier({ log, signal }));
       await supervisor.run(signal);
     } catch (err) {
       if (err instanceof AbortedError) return;
@@ -107,11 +106,9 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
 const STATUS_UNREPLICABLE_LISTED = 100;
 
 /** Waits until both sides answer; a primary that is the standby itself is a configuration error. */
-async function refuseSameCluster(primary: EtcdSide, standby: EtcdSide, retry: Retry): Promise<void> {
+async function waitForBothSides(primary: EtcdSide, standby: EtcdSide, retry: Retry): Promise<void> {
   const [p, s] = await Promise.all([retry('connect to primary', () => readHeader(primary)), retry('connect to standby', () => readHeader(standby))]);
-  if (p.clusterId === s.clusterId) {
-    throw new ConfigError(`primary and standby are the same etcd cluster (cluster ID ${BigInt(p.clusterId).toString(16)}): refusing to sync an etcd into itself`);
-  }
+  refuseSameCluster(p, s);
 }
 
 /**

@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import { CompactedError, ConfigError, PrimaryChangedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { readHeader } from '../etcd/kv.js';
+import { type Header, readHeader } from '../etcd/kv.js';
 import type { CheckReport } from '../diff/report.js';
 import type { Scope } from '../scope.js';
 import { CheckpointChain, readCheckpoint } from './checkpoint.js';
@@ -25,6 +25,13 @@ import { StandbyWriter } from './writer.js';
 
 export type { SyncOptions } from './context.js';
 export type { DiffStats, SyncProgress } from './full-diff.js';
+
+/** Refuses to sync an etcd into itself: the one check `run` makes before campaigning and the engine before its first read. */
+export function refuseSameCluster(primary: Header, standby: Header): void {
+  if (primary.clusterId === standby.clusterId) {
+    throw new ConfigError(`primary and standby are the same etcd cluster (cluster ID ${BigInt(primary.clusterId).toString(16)}): refusing to sync an etcd into itself`);
+  }
+}
 
 /** Longest pause before a full diff starts again after its revision was compacted. */
 const COMPACTED_DIFF_MAX_PAUSE_MS = 10_000;
@@ -265,9 +272,7 @@ export class SyncEngine implements SyncContext {
       this.retry('connect to primary', () => readHeader(this.primary)),
       this.retry('connect to standby', () => readHeader(this.standby)),
     ]);
-    if (p.clusterId === s.clusterId) {
-      throw new ConfigError(`primary and standby are the same etcd cluster (cluster ID ${BigInt(p.clusterId).toString(16)}): refusing to sync an etcd into itself`);
-    }
+    refuseSameCluster(p, s);
     this.checkpoint.primaryClusterId = p.clusterId;
     this.log.info({ primaryRevision: p.revision.toString(), standbyRevision: s.revision.toString() }, 'connected to both etcd clusters');
   }
