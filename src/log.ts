@@ -6,7 +6,7 @@ import pino, { type Logger } from 'pino';
  * writes so that the last lines before an exit are never lost. `pretty` (the bin sets it when
  * stderr is a terminal) turns each line into `HH:MM:SS LEVEL message key=value ...`.
  */
-export function createLogger(level: string, bindings: Record<string, unknown> = {}, pretty = false): Logger {
+export function createLogger(level: string, bindings: Record<string, unknown> = {}, pretty = false, statusLine?: StatusLine): Logger {
   const options = {
     level,
     base: { ...bindings },
@@ -17,11 +17,45 @@ export function createLogger(level: string, bindings: Record<string, unknown> = 
   const out = pino.destination({ fd: 2, sync: true });
   const stream = new Writable({
     write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line) out.write(`${prettyLine(line)}\n`);
+      const text = chunk
+        .toString()
+        .split('\n')
+        .filter((line) => line)
+        .map((line) => `${prettyLine(line)}\n`)
+        .join('');
+      if (statusLine) statusLine.print(text);
+      else out.write(text);
       done();
     },
   });
   return pino(options, stream);
+}
+
+/**
+ * One line at the bottom of a terminal (a diff's progress) that log lines scroll above instead of
+ * running into: each log line erases it, prints, and draws it again.
+ */
+export class StatusLine {
+  private text = '';
+
+  constructor(private readonly write: (text: string) => void) {}
+
+  set(text: string): void {
+    this.text = text;
+    this.write(`\r\x1b[2K${text}`);
+  }
+
+  /** Erases the line for good (the diff ended). */
+  clear(): void {
+    if (!this.text) return;
+    this.text = '';
+    this.write('\r\x1b[2K');
+  }
+
+  /** Log lines, printed above the status line. */
+  print(lines: string): void {
+    this.write(this.text ? `\r\x1b[2K${lines}${this.text}` : lines);
+  }
 }
 
 const SKIP = new Set(['level', 'time', 'msg', 'pid', 'hostname', 'cmd']);

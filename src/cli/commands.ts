@@ -3,7 +3,7 @@
  * builds the parser from it and bin/ dispatches through it; nothing else lists the commands.
  */
 import type { Command } from 'commander';
-import { createLogger } from '../log.js';
+import { StatusLine, createLogger } from '../log.js';
 import type { SyncProgress } from '../sync/engine.js';
 import { runCheck } from './check.js';
 import { runControl } from './control.js';
@@ -14,6 +14,13 @@ import { type ControlCommand, addControlOptions, controlConfig } from './options
 import { addMergeOptions, addVerifyOptions, mergeConfig, verifyConfig } from './options/encryption.js';
 import { addRunOptions, runConfig } from './options/run.js';
 import { runSync } from './run.js';
+
+/** A diff's progress as the terminal's status line shows it. */
+export function progressLine(p: SyncProgress): string {
+  const of = p.keysTotal === undefined ? `${p.keysDone} keys` : `${p.keysDone}/${p.keysTotal} keys (${p.percent ?? 0}%)`;
+  const eta = p.etaSeconds === undefined ? '' : `, ETA ${p.etaSeconds} s`;
+  return `${p.phase}: ${of}, ${p.keysPerSecond} keys/s${eta}, ${p.written} written (${(p.bytesWritten / 1048576).toFixed(1)} MiB)`;
+}
 
 /** What the process gives a command: bin/ is the only place that reads process state. */
 export interface CliEdge {
@@ -83,18 +90,11 @@ export const COMMANDS: readonly CommandSpec[] = [
     addOptions: addRunOptions,
     run: async (options, edge) => {
       const config = runConfig(options, { identity: edge.identity, version: edge.version });
-      const log = createLogger(config.logLevel, { cmd: 'run' }, edge.tty);
+      const statusLine = edge.tty ? new StatusLine(edge.err) : undefined;
+      const log = createLogger(config.logLevel, { cmd: 'run' }, edge.tty, statusLine);
       edge.signal.addEventListener('abort', () => log.info('stopping: finishing the transaction in flight'), { once: true });
-      let progressDrawn = false;
-      const drawProgress = (p: SyncProgress): void => {
-        progressDrawn = true;
-        edge.err(`\r\x1b[2Ksync: ${p.scanned} keys compared, ${p.written} written, ${(p.bytesWritten / 1048576).toFixed(1)} MiB, ${p.keysPerSecond} keys/s`);
-      };
-      const endProgressLine = (): void => {
-        if (progressDrawn) edge.err('\n');
-        progressDrawn = false;
-      };
-      await runSync(config, log, edge.signal, edge.tty ? { onProgress: drawProgress, onState: endProgressLine } : {});
+      const hooks = statusLine ? { onProgress: (p: SyncProgress) => statusLine.set(progressLine(p)), onState: () => statusLine.clear() } : {};
+      await runSync(config, log, edge.signal, hooks);
       return 0;
     },
   },

@@ -33,6 +33,11 @@ export async function readHeader(side: EtcdSide): Promise<Header> {
   return (await range(side, 'status', { key: side.probeKey, countOnly: true })).header;
 }
 
+/** How many keys [key, rangeEnd) holds at `revision` (a count-only read: no key or value crosses the wire). */
+export async function countKeys(side: EtcdSide, request: { key: Buffer; rangeEnd: Buffer; revision?: bigint }): Promise<number> {
+  return Number((await range(side, `count at revision ${request.revision ?? 'latest'}`, { ...request, countOnly: true })).count);
+}
+
 export async function readKey(side: EtcdSide, key: Buffer): Promise<KeyValue | undefined> {
   return (await range(side, 'get', { key })).kvs[0];
 }

@@ -13,7 +13,7 @@ import type { CheckReport } from '../diff/report.js';
 import type { Scope } from '../scope.js';
 import { CheckpointChain, readCheckpoint } from './checkpoint.js';
 import type { SyncContext, SyncOptions } from './context.js';
-import { type DiffStats, type SyncProgress, fullDiff } from './full-diff.js';
+import { DiffProgress, type DiffStats, type SyncProgress, fullDiff } from './full-diff.js';
 import { SelfHealer } from './heal.js';
 import { LeaseMapper, leaseKeyPrefix } from './leases.js';
 import { periodicChecks } from './periodic-check.js';
@@ -36,6 +36,10 @@ export function refuseSameCluster(primary: Header, standby: Header): void {
 /** Longest pause before a full diff starts again after its revision was compacted. */
 const COMPACTED_DIFF_MAX_PAUSE_MS = 10_000;
 
+/** Why a full resync ran: etcd_sync_resyncs_total's reason label, every one exported from 0. */
+export const RESYNC_REASONS = ['checkpoint-compacted', 'watch-compacted', 'compacted', 'primary-changed', 'other-primary'] as const;
+export type ResyncReason = (typeof RESYNC_REASONS)[number];
+
 export type SyncState = 'starting' | 'replaying' | 'initial-sync' | 'streaming' | 'resyncing' | 'stopped';
 
 export interface SyncHooks {
@@ -46,8 +50,10 @@ export interface SyncHooks {
 export class SyncEngine implements SyncContext {
   state: SyncState = 'starting';
   lastDiff: DiffStats | undefined;
+  /** The running full diff's progress, or the last one's. */
+  diffProgress: DiffProgress | undefined;
   /** Full resyncs by reason. */
-  readonly resyncs = new Map<string, number>();
+  readonly resyncs = new Map<ResyncReason, number>();
   /** The latest periodic check (with what it repaired). */
   lastCheck: CheckReport | undefined;
   healer: SelfHealer | undefined;
@@ -121,7 +127,7 @@ export class SyncEngine implements SyncContext {
     else this.monitor.noteContact(revision);
   }
 
-  private countResync(reason: string): void {
+  private countResync(reason: ResyncReason): void {
     this.resyncs.set(reason, (this.resyncs.get(reason) ?? 0) + 1);
   }
 
@@ -203,7 +209,8 @@ export class SyncEngine implements SyncContext {
   async fullSync(revision: bigint): Promise<DiffStats> {
     for (let attempt = 1; ; attempt++) {
       try {
-        this.lastDiff = await fullDiff(this, revision, this.options.prune, this.hooks.onProgress);
+        this.diffProgress = new DiffProgress(this.state, revision);
+        this.lastDiff = await fullDiff(this, revision, this.options.prune, this.diffProgress, this.hooks.onProgress);
         return this.lastDiff;
       } catch (err) {
         if (!(err instanceof CompactedError)) throw err;
