@@ -1,6 +1,6 @@
 /** Prometheus metrics of `run` (prefix etcd_sync_), read from the engine at scrape time. */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { SyncEngine } from './sync/engine.js';
+import { Counter, Gauge, Histogram, type MetricObjectWithValues, type MetricValue, Registry, collectDefaultMetrics } from 'prom-client';
+import { RESYNC_REASONS, type SyncEngine } from './sync/engine.js';
 import { REPLICA_STATES } from './sync/control-keys.js';
 import type { PrimaryMonitor } from './sync/primary-monitor.js';
 
@@ -14,6 +14,8 @@ export interface MetricsSources {
   /** etcd-sync's version, the label of etcd_sync_build_info. */
   version: string;
   isLeader(): boolean;
+  /** The leading replica's identity as this replica last read it (itself when it leads). */
+  leaderIdentity(): string | undefined;
   /** The state to report (the engine's, or paused/fenced/follower around it). */
   state(): string;
   unreadableEncryptedValues(): number;
@@ -26,6 +28,26 @@ function setTotal(counter: Counter<string>, labels: Record<string, string>, tota
   else counter.inc(labels, 0);
 }
 
+const LINT_FAILING_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+/** An unlabelled gauge whose value comes from `value()` at each scrape; no sample while it is undefined. */
+class ScrapedGauge extends Gauge<string> {
+  constructor(
+    name: string,
+    help: string,
+    private readonly value: () => number | undefined,
+  ) {
+    super({ name, help, registers: [] });
+  }
+
+  override async get(): Promise<MetricObjectWithValues<MetricValue<string>>> {
+    const v = this.value();
+    if (v === undefined) return { ...(await super.get()), values: [] };
+    this.set(v);
+    return super.get();
+  }
+}
+
 export class SyncMetrics {
   readonly registry = new Registry();
   private readonly txnDuration: Histogram<string>;
@@ -34,17 +56,13 @@ export class SyncMetrics {
     const r = this.registry;
     r.setDefaultLabels({ identity: sources.identity });
     collectDefaultMetrics({ register: r });
+    // prom-client names three gauges `_total`, which `promtool check metrics` refuses (a counter's
+    // suffix); each is the sum of the by-type gauge it comes with (nodejs_active_handles{type}...).
+    for (const name of LINT_FAILING_DEFAULTS) r.removeSingleMetric(name);
     const engine = sources.engine;
+    /** A gauge read at scrape time; `undefined` exports no sample (not a 0 that reads as a fact). */
     const gauge = (name: string, help: string, value: () => number | undefined): void => {
-      new Gauge({
-        name: `etcd_sync_${name}`,
-        help,
-        registers: [r],
-        collect() {
-          const v = value();
-          if (v !== undefined) this.set(v);
-        },
-      });
+      r.registerMetric(new ScrapedGauge(`etcd_sync_${name}`, help, value));
     };
     // Which build each replica runs, as Prometheus exporters say it (Node's own is nodejs_version_info).
     new Gauge({ name: 'etcd_sync_build_info', help: "Always 1; the version label is etcd-sync's.", labelNames: ['version'], registers: [r] }).set({ version: sources.version }, 1);
@@ -55,11 +73,31 @@ export class SyncMetrics {
     gauge('lag_seconds', "Age of the oldest primary write not applied yet; while the primary is unreachable, at least the time since it last answered.", () => monitor.lagSeconds());
     gauge('primary_up', '1 when the primary answered within --primary-timeout.', () => (monitor.reachable() ? 1 : 0));
     gauge('primary_last_contact_timestamp_seconds', 'When the primary last answered (Unix time); 0 when it never did.', () => (monitor.lastContactAt ?? 0) / 1000);
-    gauge('self_heals_total', 'Keys restored after a change on the standby by someone else.', () => engine()?.healer?.heals ?? 0);
+    // The running full diff's progress, or the last one's (absent before this replica ran one).
+    const progress = () => engine()?.diffProgress?.snapshot();
+    gauge('full_diff_keys', 'Primary keys under --key-prefix at the revision of the running (or last) full diff.', () => progress()?.keysTotal);
+    gauge('full_diff_keys_done', 'Primary keys the running (or last) full diff has read.', () => progress()?.keysDone);
+    gauge('full_diff_progress_ratio', 'Share of the running (or last) full diff done, 0 to 1.', () => {
+      const percent = progress()?.percent;
+      return percent === undefined ? undefined : percent / 100;
+    });
+    gauge('full_diff_keys_per_second', 'Primary keys read per second by the running (or last) full diff.', () => progress()?.keysPerSecond);
+    gauge('full_diff_eta_seconds', 'Seconds the running full diff needs still at its rate (0 once done).', () => progress()?.etaSeconds);
     gauge('self_heal_pending_keys', 'Keys changed on the standby by someone else that wait to be looked at and restored.', () => engine()?.healer?.pendingKeys ?? 0);
     gauge('unreplicable_keys', "Keys the standby refuses even alone (over its --max-request-bytes): skipped, listed in /status.", () => engine()?.writer.unreplicable.size ?? 0);
     gauge('unreadable_encrypted_values', "Keys written whose encrypted value the standby's apiserver cannot read.", sources.unreadableEncryptedValues);
     gauge('leader', '1 on the replica that leads (writes).', () => (sources.isLeader() ? 1 : 0));
+    new Gauge({
+      name: 'etcd_sync_leader_info',
+      help: 'Always 1; the leader label is the identity of the replica that leads, as this replica last read it (absent while none leads).',
+      labelNames: ['leader'],
+      registers: [r],
+      collect() {
+        this.reset();
+        const leader = sources.leaderIdentity();
+        if (leader !== undefined) this.set({ leader }, 1);
+      },
+    });
     new Gauge({
       name: 'etcd_sync_state',
       help: 'The current state (1 for the current one).',
@@ -72,13 +110,23 @@ export class SyncMetrics {
     });
     new Gauge({
       name: 'etcd_sync_check_keys',
-      help: 'Findings of the latest periodic check, by kind.',
+      help: 'Findings of the latest periodic check on this replica, by kind (absent until one ran).',
       labelNames: ['kind'],
       registers: [r],
       collect() {
+        this.reset();
         const check = engine()?.lastCheck;
-        for (const kind of ['missing', 'surplus', 'different'] as const) this.set({ kind }, check ? check.findings[kind].length : 0);
+        if (check) for (const kind of ['missing', 'surplus', 'different'] as const) this.set({ kind }, check.findings[kind].length);
       },
+    });
+    // Absent until a check ran: a 0 would read as "consistent" or "checked in 1970".
+    gauge('last_check_timestamp_seconds', 'When the latest periodic check on this replica compared the pair (Unix time; absent until one ran).', () => {
+      const check = engine()?.lastCheck;
+      return check ? check.checkedAt / 1000 : undefined;
+    });
+    gauge('last_check_consistent', '1 when the latest periodic check on this replica found the pair consistent, 0 when not (absent until one ran).', () => {
+      const check = engine()?.lastCheck;
+      return check ? (check.consistent ? 1 : 0) : undefined;
     });
     new Counter({
       name: 'etcd_sync_events_applied_total',
@@ -97,7 +145,16 @@ export class SyncMetrics {
       labelNames: ['reason'],
       registers: [r],
       collect() {
-        for (const [reason, total] of engine()?.resyncs ?? []) setTotal(this, { reason }, total);
+        const resyncs = engine()?.resyncs;
+        for (const reason of RESYNC_REASONS) setTotal(this, { reason }, resyncs?.get(reason) ?? 0);
+      },
+    });
+    new Counter({
+      name: 'etcd_sync_self_heals_total',
+      help: 'Keys restored after a change on the standby by someone else.',
+      registers: [r],
+      collect() {
+        setTotal(this, {}, engine()?.healer?.heals ?? 0);
       },
     });
     new Counter({

@@ -69,7 +69,8 @@ describe('HTTP surface of run', () => {
       expect(metrics.get('etcd_sync_self_heals_total')).toBe(0);
       expect(metrics.get('etcd_sync_self_heal_pending_keys')).toBe(0);
       expect(metrics.get('etcd_sync_unreadable_encrypted_values')).toBe(0);
-      expect(metrics.get('etcd_sync_check_keys{kind="missing"}')).toBe(0);
+      // No check has run: no finding, no timestamp (a 0 would read as "consistent" or 1970).
+      expect([...metrics.keys()].filter((k) => /check_keys|last_check/.test(k))).toEqual([]);
       expect(metrics.has('process_cpu_user_seconds_total')).toBe(true);
       expect((await get('/metrics')).body).toContain('identity="sync-0"');
 
@@ -85,6 +86,21 @@ describe('HTTP surface of run', () => {
         lagSeconds: 0,
         primaryReachable: true,
         lastPrimaryContact: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+        // The initial sync of the 2 keys seeded before the start: all of them, done.
+        progress: {
+          phase: 'initial-sync',
+          revision: expect.stringMatching(/^\d+$/),
+          keysDone: 2,
+          keysTotal: 2,
+          percent: 100,
+          keysPerSecond: expect.any(Number),
+          etaSeconds: 0,
+          written: 2,
+          bytesWritten: expect.any(Number),
+          running: false,
+          startedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+          finishedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+        },
         paused: null,
         fenced: null,
         unreplicable: [],

@@ -7,7 +7,8 @@ import { type HttpHandlers, startHttp } from '../http.js';
 import { SyncMetrics } from '../metrics.js';
 import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
-import { SyncEngine, type SyncHooks, refuseSameCluster } from '../sync/engine.js';
+import { SyncEngine, type SyncHooks, type SyncProgress, refuseSameCluster } from '../sync/engine.js';
+import { progressFields } from '../sync/full-diff.js';
 import { AbortedError, type Retry, retrier } from '../sync/retry.js';
 import { readHeader } from '../etcd/kv.js';
 import { Supervisor } from '../sync/supervisor.js';
@@ -32,6 +33,7 @@ export async function runSync(config: RunConfig, log: Logger, signal: AbortSigna
     identity: config.identity,
     version: config.version,
     isLeader: () => supervisor?.role === 'leader',
+    leaderIdentity: () => supervisor?.leaderIdentity,
     state: () => supervisor?.state ?? 'starting',
     unreadableEncryptedValues: () => monitor?.unreadable ?? 0,
   });
@@ -164,6 +166,7 @@ export function httpHandlers(
         lagSeconds: Math.round(monitor.lagSeconds(now) * 10) / 10,
         primaryReachable: monitor.reachable(now),
         lastPrimaryContact: monitor.lastContactAt === undefined ? null : new Date(monitor.lastContactAt).toISOString(),
+        progress: progressJson(supervisor.engine?.diffProgress?.snapshot(now)),
         paused: control.paused ?? null,
         fenced: control.fenced ?? null,
         unreplicable: [...(supervisor.engine?.writer.unreplicable.values() ?? [])]
@@ -178,6 +181,17 @@ export function httpHandlers(
       };
     },
     ...(config.httpCheck ? { check: sharedCheck(supervisor, checkNow) } : {}),
+  };
+}
+
+/** The running or last full diff of this replica's engine, as /status shows it; null before any. */
+function progressJson(p: SyncProgress | undefined): object | null {
+  if (!p) return null;
+  return {
+    ...progressFields(p),
+    running: p.finishedAt === undefined,
+    startedAt: new Date(p.startedAt).toISOString(),
+    finishedAt: p.finishedAt === undefined ? null : new Date(p.finishedAt).toISOString(),
   };
 }
 

@@ -41,6 +41,8 @@ export class Supervisor {
   private phase: 'starting' | 'follower' | 'paused' | 'fenced' | 'engine' | 'stopped' = 'starting';
   /** The pause and fence toggles as last read, with who set them. */
   control: ControlState = {};
+  /** The leading replica's identity as last read (this one's while it leads); undefined: none. */
+  leaderIdentity: string | undefined;
   /** When the standby last answered this replica (ms since epoch). */
   private standbyContactAt: number | undefined;
   private fencedWarnedAt: number | undefined;
@@ -122,7 +124,9 @@ export class Supervisor {
   /** One attempt to take the election key; undefined when another replica holds it. */
   private async campaign(signal: AbortSignal): Promise<{ lease: string; createRevision: bigint } | undefined> {
     // Followers only read while a leader holds the key: no lease grant or txn per poll.
-    if (await this.retry('read leader', () => readKey(this.standby, this.options.keys.leader), signal)) {
+    const leader = await this.retry('read leader', () => readKey(this.standby, this.options.keys.leader), signal);
+    this.noteLeader(leader?.value.toString());
+    if (leader) {
       await delay(this.pollMs, signal);
       return undefined;
     }
@@ -141,6 +145,16 @@ export class Supervisor {
     await leaseRevoke(this.standby, lease.id).catch(() => undefined);
     await delay(this.pollMs, signal);
     return undefined;
+  }
+
+  /** Records who leads, and says so in the log when it changed (followers learn of failovers). */
+  private noteLeader(identity: string | undefined): void {
+    if (identity === this.leaderIdentity) return;
+    const previous = this.leaderIdentity;
+    this.leaderIdentity = identity;
+    if (identity === this.options.identity) return; // "acquired leadership" says it
+    if (identity === undefined) this.log.info({ previous }, 'no replica leads: campaigning');
+    else this.log.info({ leader: identity, previous }, `leader is ${identity}`);
   }
 
   private fence(term: { createRevision: bigint }): Fence {
@@ -165,6 +179,7 @@ export class Supervisor {
     const onAbort = (): void => stepDown.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     this.role = 'leader';
+    this.leaderIdentity = this.options.identity;
     this.log.info({ identity: this.options.identity, leaseTtlSeconds: this.ttl }, 'acquired leadership');
     let lost: string | undefined;
     const keepalive = (async () => {
@@ -226,6 +241,7 @@ export class Supervisor {
       await keepalive;
       await publishing;
       this.role = 'follower';
+      this.leaderIdentity = undefined;
       // No engine applies here any more: the applied revision is the standby's checkpoint.
       this.monitor.setAppliedSource(undefined);
       if (this.phase !== 'fenced') this.phase = 'follower';
