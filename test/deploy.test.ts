@@ -12,16 +12,17 @@ import { SyncMetrics } from '../src/metrics.js';
 import { PrimaryMonitor } from '../src/sync/primary-monitor.js';
 import { IMAGE_NODE_FLAGS, IMAGE_NODE_OPTIONS } from '../bench/load.js';
 
-type Doc = { kind: string; metadata: { name: string }; spec?: any; data?: Record<string, string> };
+type Doc = { kind: string; metadata: { name: string; namespace?: string }; spec?: any; data?: Record<string, string> };
+/** What `kubectl kustomize` renders from a folder: the objects an operator applies. */
+function render(dir: string): Doc[] {
+  const out = execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8' });
+  return parseAllDocuments(out).map((d) => {
+    if (d.errors.length > 0) throw new Error(`${dir}: ${d.errors[0]?.message}`);
+    return d.toJS() as Doc;
+  });
+}
 const dir = 'deploy/kubernetes';
-const docs: Doc[] = readdirSync(dir)
-  .filter((f) => f.endsWith('.yaml'))
-  .flatMap((f) =>
-    parseAllDocuments(readFileSync(path.join(dir, f), 'utf8')).map((d) => {
-      if (d.errors.length > 0) throw new Error(`${f}: ${d.errors[0]?.message}`);
-      return d.toJS() as Doc;
-    }),
-  );
+const docs = render(dir);
 const configMap = docs.find((d) => d.kind === 'ConfigMap')!;
 
 async function parse(args: string[], env: Record<string, string>): Promise<{ name: string; options: Record<string, unknown> }> {
@@ -35,16 +36,46 @@ async function parse(args: string[], env: Record<string, string>): Promise<{ nam
 }
 
 describe('deploy/', () => {
-  it('every manifest parses into the expected objects', () => {
+  it('`kubectl kustomize deploy/kubernetes` renders every manifest of the folder, in the etcd-sync namespace', () => {
     expect(docs.map((d) => `${d.kind}/${d.metadata.name}`).sort()).toEqual([
       'ConfigMap/etcd-sync',
       'CronJob/etcd-sync-check',
       'Deployment/etcd-sync',
       'Namespace/etcd-sync',
       'NetworkPolicy/etcd-sync',
+      'PodDisruptionBudget/etcd-sync',
+      'PrometheusRule/etcd-sync',
       'Service/etcd-sync',
       'ServiceMonitor/etcd-sync',
     ]);
+    for (const d of docs) if (d.kind !== 'Namespace') expect(d.metadata.namespace, `${d.kind}/${d.metadata.name}`).toBe('etcd-sync');
+    // Nothing in the folder is left out of the package.
+    const listed = (parseAllDocuments(readFileSync(path.join(dir, 'kustomization.yaml'), 'utf8'))[0]!.toJS() as { resources: string[] }).resources;
+    expect(readdirSync(dir).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml').sort()).toEqual([...listed].sort());
+  });
+
+  it('the encryption config is optional: absent from the base, added whole by the component', () => {
+    const base = docs.find((d) => d.kind === 'Deployment')!.spec.template.spec;
+    expect(JSON.stringify(base)).not.toContain('encryption');
+    const overlay = render('deploy/examples/encryption-at-rest').find((d) => d.kind === 'Deployment')!.spec.template.spec;
+    const container = overlay.containers[0];
+    expect(container.args).toContain('--encryption-config=/etc/kubernetes/encryption-provider.conf');
+    expect(container.volumeMounts).toContainEqual({ name: 'encryption-config', mountPath: '/etc/kubernetes/encryption-provider.conf', readOnly: true });
+    expect(overlay.volumes).toContainEqual({ name: 'encryption-config', hostPath: { path: '/etc/kubernetes/encryption-provider.conf', type: 'File' } });
+  });
+
+  it('the CronJob runs hardened like the Deployment; the PDB and NetworkPolicy select the Pods', () => {
+    const pod = docs.find((d) => d.kind === 'Deployment')!.spec.template.spec;
+    const job = docs.find((d) => d.kind === 'CronJob')!.spec.jobTemplate.spec.template.spec;
+    for (const field of ['hostNetwork', 'dnsPolicy', 'nodeSelector', 'tolerations', 'securityContext']) expect(job[field], field).toEqual(pod[field]);
+    expect(job.containers[0].securityContext).toEqual(pod.containers[0].securityContext);
+    expect(job.containers[0].args).toContain('--output=json');
+    const labels = docs.find((d) => d.kind === 'Deployment')!.spec.template.metadata.labels;
+    const pdb = docs.find((d) => d.kind === 'PodDisruptionBudget')!.spec;
+    expect(pdb).toEqual({ maxUnavailable: 1, selector: { matchLabels: labels } });
+    const policy = docs.find((d) => d.kind === 'NetworkPolicy')!.spec;
+    expect(policy.podSelector.matchLabels).toEqual(labels);
+    expect(policy.ingress).toEqual([{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }], ports: [{ protocol: 'TCP', port: 9479 }] }]);
   });
 
   it("the Deployment's and the CronJob's args and ConfigMap environment pass the CLI's own parser and validation", async () => {
@@ -83,7 +114,8 @@ describe('deploy/', () => {
   it('the Grafana dashboard queries only metrics that /metrics exposes', async () => {
     const dashboard = JSON.parse(readFileSync('deploy/grafana-dashboard.json', 'utf8')) as { panels: { targets: { expr: string }[] }[] };
     const used = new Set(dashboard.panels.flatMap((p) => p.targets.flatMap((t) => t.expr.match(/etcd_sync_[a-z_]+/g) ?? [])));
-    const metrics = new SyncMetrics({ engine: () => undefined, monitor: new PrimaryMonitor({ primaryTimeoutMs: 15_000, probeIntervalMs: 5_000 }), identity: 'x', version: '0.0.0', isLeader: () => false, state: () => 'follower', unreadableEncryptedValues: () => 0 });
+    const metrics = new SyncMetrics({ engine: () => undefined, monitor: new PrimaryMonitor({ primaryTimeoutMs: 15_000, probeIntervalMs: 5_000 }), identity: 'x', version: '0.0.0', isLeader: () => false,
+      leaderIdentity: () => undefined, state: () => 'follower', unreadableEncryptedValues: () => 0 });
     const exposed = new Set((await metrics.registry.getMetricsAsJSON()).flatMap((m) => [m.name, `${m.name}_bucket`, `${m.name}_count`, `${m.name}_sum`]));
     expect([...used].filter((m) => !exposed.has(m))).toEqual([]);
     expect(used.size).toBeGreaterThanOrEqual(12);
