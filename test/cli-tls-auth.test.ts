@@ -1,6 +1,8 @@
 import http from 'node:http';
 /** mTLS and user/password on both sides, and every bad-input case of `run`, through the real CLI. */
-import { chmodSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { parse } from 'yaml';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
@@ -79,6 +81,40 @@ describe('TLS, auth and bad input', () => {
     for (const part of parts) expect(lines[0]).toContain(part);
     expect(output).not.toMatch(/\n\s+at /);
   };
+
+  it("deploy/primary-client-cert.sh: the Secret it prints holds a certificate the primary's etcd accepts", async () => {
+    const out = execFileSync('bash', ['deploy/primary-client-cert.sh', '--ca-dir', tls.dir, '--cn', 'etcd-sync', '--days', '2'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const secret = parse(out) as { kind: string; metadata: { name: string; namespace: string }; data: Record<string, string> };
+    expect([secret.kind, secret.metadata.name, secret.metadata.namespace, Object.keys(secret.data).sort()]).toEqual(['Secret', 'etcd-sync-primary-etcd', 'etcd-sync', ['ca.crt', 'tls.crt', 'tls.key']]);
+    const dir = mkdtempSync(path.join(tls.dir, 'secret-'));
+    for (const [name, value] of Object.entries(secret.data)) writeFileSync(path.join(dir, name), Buffer.from(value, 'base64'));
+    const subject = execFileSync('openssl', ['x509', '-in', path.join(dir, 'tls.crt'), '-noout', '-subject'], { encoding: 'utf8' });
+    expect(subject.trim()).toMatch(/^subject=\s*CN\s*=\s*etcd-sync$/);
+    // The mounted files as the Deployment passes them: `status` reads the primary through them.
+    await p.put('/registry/pods/apps/cert-check').value('x').exec();
+    const status = await exitOf([
+      'status',
+      ...standby.cliArgs('standby'),
+      '--primary-endpoints',
+      primary.endpoint,
+      '--primary-cacert',
+      path.join(dir, 'ca.crt'),
+      '--primary-cert',
+      path.join(dir, 'tls.crt'),
+      '--primary-key',
+      path.join(dir, 'tls.key'),
+      '--primary-user',
+      'root',
+      '--primary-password',
+      'secret-pw',
+      '--output',
+      'json',
+    ]);
+    expect(JSON.parse(status.output.split('\n').find((l) => l.startsWith('{"')) ?? '{}').primaryRevision).toBeGreaterThan(0);
+    // And a CA folder without the key: one line, exit 2.
+    const missing = spawnSync('bash', ['deploy/primary-client-cert.sh', '--ca-dir', dir], { encoding: 'utf8' });
+    expect([missing.status, missing.stdout, missing.stderr]).toEqual([2, '', `primary-client-cert: cannot read ${dir}/ca.key (the primary etcd's CA; run as root on a primary control-plane node, or give --ca-dir)\n`]);
+  });
 
   it('unreadable certificate file: exit 2, one line naming the flag and the file', async () => {
     const missing = path.join(tls.dir, 'nope.crt');
