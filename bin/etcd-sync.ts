@@ -3,6 +3,7 @@
  * The edge: argv, environment, terminal and signals in; exit codes out. Everything else is in
  * src/cli (the command table, the options, the commands).
  *   0 ok / clean shutdown · 1 runtime failure · 2 usage, configuration, TLS or auth error
+ * With --output json a failure is {"error": "...", "exitCode": N} on stdout instead of a line on stderr.
  */
 import { CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
@@ -37,8 +38,28 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   });
 }
 
+/**
+ * `-o json` / `--output json` (or ETCD_SYNC_OUTPUT=json): failures are a JSON object on stdout.
+ * Read from argv before commander parses it, so that a usage error is JSON too; the parsed
+ * option replaces it once a command runs.
+ */
+let jsonOutput = wantsJson(process.argv.slice(2), process.env.ETCD_SYNC_OUTPUT);
+
+function wantsJson(args: string[], env: string | undefined): boolean {
+  let format = env;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') break;
+    if (a === '-o' || a === '--output') format = args[i + 1];
+    else if (a.startsWith('--output=')) format = a.slice('--output='.length);
+    else if (/^-o[^-]/.test(a)) format = a.slice(2);
+  }
+  return format === 'json';
+}
+
 function fail(message: string, code: number): never {
-  process.stderr.write(`etcd-sync: ${message}\n`);
+  if (jsonOutput) process.stdout.write(`${JSON.stringify({ error: message, exitCode: code })}\n`);
+  else process.stderr.write(`etcd-sync: ${message}\n`);
   process.exit(code);
 }
 
@@ -81,6 +102,7 @@ const edge: CliEdge = {
 
 let exitCode = 0;
 const program = buildProgram(process.env, async ({ command, options }) => {
+  jsonOutput = options.output === 'json';
   exitCode = await command.run(options, edge);
 }, VERSION);
 
@@ -89,9 +111,11 @@ try {
   process.exit(exitCode);
 } catch (err) {
   if (err instanceof CommanderError) {
-    // commander already printed the message (and usage hint).
+    // commander already printed the message (and usage hint) on stderr.
     const ok = err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help';
-    process.exit(ok && err.exitCode === 0 ? 0 : 2);
+    if (ok && err.exitCode === 0) process.exit(0);
+    if (jsonOutput) process.stdout.write(`${JSON.stringify({ error: err.message.replace(/^error: /, ''), exitCode: 2 })}\n`);
+    process.exit(2);
   }
   if (err instanceof EtcdSyncError) fail(err.message, err.exitCode);
   fail(`internal error: ${describeError(err)}`, 1);

@@ -224,7 +224,7 @@ describe('encryption commands against real etcd', () => {
     expect(unreachable.output).toMatch(/etcd-sync: could not verify: this etcd \(http:\/\/127\.0\.0\.1:1\)/);
   });
 
-  it('merge: YAML out (or -o), renames reported, stranded standby values warned about, bad input exit 2', async () => {
+  it('merge: YAML out (or --output-file, or -o json), renames reported, stranded standby values warned about, bad input exit 2', async () => {
     const primaryFile = file('primary.yaml', configYaml([{ type: 'aescbc', keys: [['key1', k32]] }, { type: 'identity' }]));
     const standbyFile = file('standby.yaml', configYaml([{ type: 'aescbc', keys: [['key1', other32]] }, { type: 'identity' }]));
     // The standby holds a value written with its own key1 (e.g. in its own kube-system namespace).
@@ -232,7 +232,7 @@ describe('encryption commands against real etcd', () => {
     await s.put('/registry/secrets/kube-system/own').value(encryptValue('aescbc', 'key1', other32, pod, '/registry/secrets/kube-system/own')).exec();
     s.close();
     const out = path.join(dir, 'merged.yaml');
-    const r = await run(['encryption', 'merge', '--primary', primaryFile, '--standby', standbyFile, '-o', out, ...standby.cliArgs('standby')]);
+    const r = await run(['encryption', 'merge', '--primary', primaryFile, '--standby', standbyFile, '--output-file', out, ...standby.cliArgs('standby')]);
     expect(r.code).toBe(0);
     expect(r.output).toContain("etcd-sync: renamed the standby's aescbc key 'key1' to 'key2' for secrets");
     expect(r.output).toContain("etcd-sync: warning: the standby holds 1 values written with its aescbc key 'key1'");
@@ -240,6 +240,15 @@ describe('encryption commands against real etcd', () => {
     expect(merged.resources[0]!.providers).toMatchObject([{ type: 'aescbc', keys: [{ name: 'key1' }, { name: 'key2' }] }, { type: 'identity' }]);
     const stdout = await run(['encryption', 'merge', '--primary', primaryFile, '--standby', standbyFile]);
     expect(stdout.stdout).toBe(readFileSync(out, 'utf8'));
+    // -o json: one object, the YAML and the warnings in it, nothing on stderr.
+    const json = await run(['encryption', 'merge', '--primary', primaryFile, '--standby', standbyFile, '-o', 'json', ...standby.cliArgs('standby')]);
+    expect(json.output).toBe(json.stdout);
+    expect(JSON.parse(json.stdout)).toEqual({
+      outputFile: null,
+      yaml: readFileSync(out, 'utf8'),
+      renames: [{ resources: ['secrets'], type: 'aescbc', from: 'key1', to: 'key2' }],
+      warnings: ["renamed the standby's aescbc key 'key1' to 'key2' for secrets", expect.stringMatching(/^warning: the standby holds 1 values written with its aescbc key 'key1'/)],
+    });
     const broken = file('broken.yaml', configYaml([{ type: 'aescbc', keys: [['key1', randomBytes(20)]] }]));
     const bad = await run(['encryption', 'merge', '--primary', primaryFile, '--standby', broken]);
     expect(bad.code).toBe(2);

@@ -11,7 +11,7 @@ function parseRun(args: string[]): RunConfig | string {
   let config: RunConfig | string | undefined;
   const program = buildProgram({}, ({ options }) => {
     try {
-      config = runConfig(options, { identity: 'test', version: 'test' });
+      config = runConfig(options, { identity: 'test', version: 'test', tty: false });
     } catch (err) {
       config = (err as Error).message; // a ConfigError: the line the CLI prints
     }
@@ -26,6 +26,30 @@ function parseRun(args: string[]): RunConfig | string {
   if (!config) throw new Error('run did not parse');
   return config;
 }
+
+describe('-o, --output', () => {
+  it('every command takes -o/--output text|json', () => {
+    const program = buildProgram({}, () => undefined);
+    const leaves = (cmd: typeof program): (typeof program)[] => (cmd.commands.length === 0 ? [cmd] : cmd.commands.flatMap(leaves));
+    const commands = leaves(program);
+    expect(commands.map((c) => c.name()).sort()).toEqual(['check', 'merge', 'pause', 'promote', 'resume', 'run', 'status', 'unfence', 'verify']);
+    for (const cmd of commands) {
+      const output = cmd.options.find((o) => o.long === '--output');
+      expect([cmd.name(), output?.short, output?.argChoices]).toEqual([cmd.name(), '-o', ['text', 'json']]);
+    }
+  });
+
+  it('run: text on a terminal, json otherwise, unless -o says', () => {
+    const at = (tty: boolean, args: string[]): string => {
+      let output = '';
+      buildProgram({}, ({ options }) => {
+        output = runConfig(options, { identity: 'test', version: 'test', tty }).output;
+      }).parse(['run', ...SIDES, ...args], { from: 'user' });
+      return output;
+    };
+    expect([at(true, []), at(false, []), at(true, ['-o', 'json']), at(false, ['--output', 'text'])]).toEqual(['text', 'json', 'json', 'text']);
+  });
+});
 
 describe('duration flags', () => {
   it.each([

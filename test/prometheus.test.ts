@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EtcdServer } from './helpers/etcd.js';
 import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
+import { Proxy } from './helpers/proxy.js';
 import { type CliProcess, httpPort, putMany, runCli, waitInSync } from './helpers/sync.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -86,7 +87,7 @@ describe('a running pair, scraped', () => {
   const pair = usePair();
   const replicas: CliProcess[] = [];
   const ports: number[] = [];
-  const keys = 1500;
+  const keys = 20_000;
   let prometheus: ReturnType<typeof spawn> | undefined;
   let promUrl = '';
 
@@ -98,40 +99,74 @@ describe('a running pair, scraped', () => {
     return res.data.result;
   };
 
+  let proxy: Proxy;
+  let args: string[] = [];
   beforeAll(async () => {
     ({ primary, standby, p, s } = pair);
-    await putMany(
-      p,
-      Array.from({ length: keys }, (_, i) => [`/registry/configmaps/apps/cm-${String(i).padStart(5, '0')}`, `v${i}`] as [string, string]),
-    );
+    for (let i = 0; i < keys; i += 2000) {
+      await putMany(p, Array.from({ length: 2000 }, (_, j) => [`/registry/configmaps/apps/cm-${String(i + j).padStart(5, '0')}`, `value-${'x'.repeat(100)}-${i + j}`] as [string, string]));
+    }
     await putMany(p, [['/registry/configmaps/kube-system/local', 'not replicated']]);
-    const args = [...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--check-interval', '2s'];
-    replicas.push(runCli(['run', ...args, '--identity', 'sync-0']));
+    // The leader reads the primary through a proxy that holds (no byte lost) once part of the
+    // keyspace went through: the initial sync stands still mid-way for as long as the test looks.
+    proxy = await Proxy.start(primary.endpoint);
+    proxy.holdAfterBytes = 600_000;
+    args = [...standby.cliArgs('standby'), '--check-interval', '2s', '--page-size', '500'];
+    replicas.push(runCli(['run', '--primary-endpoints', proxy.endpoint, ...args, '--identity', 'sync-0']));
     await replicas[0]!.waitForLog('http listening');
     ports.push(httpPort(replicas[0]!));
-    await waitFor(async () => {
-      const st = await status(ports[0]!);
-      return st.role === 'leader' && st.state === 'streaming' && st.ready.ready === true;
-    }, { timeoutMs: 30_000, message: 'sync-0 never led' });
-    replicas.push(runCli(['run', ...args, '--identity', 'sync-1']));
-    await replicas[1]!.waitForLog('http listening');
-    ports.push(httpPort(replicas[1]!));
-    await waitInSync(p, s);
   });
   afterAll(async () => {
     prometheus?.kill('SIGTERM');
     for (const r of replicas) r.child.kill('SIGTERM');
     await Promise.all(replicas.map((r) => r.exited));
+    await proxy?.close();
   });
 
-  it('/status and the metrics show the initial sync as keys done of total, 100 %', async () => {
+  it('mid-way through the initial sync, /status, the metrics and `status` say keys done of total, percent, rate and ETA', async () => {
     const total = keys + 1; // the count reads the whole prefix, the excluded namespace too
-    const progress = (await status(ports[0]!)).progress;
-    expect(progress).toMatchObject({ phase: 'initial-sync', keysDone: total, keysTotal: total, percent: 100, etaSeconds: 0, written: keys, running: false });
-    expect(progress.keysPerSecond).toBeGreaterThan(0);
+    await waitFor(() => proxy.held, { timeoutMs: 30_000, message: 'the initial sync never reached the hold' });
+    let running: Record<string, any> = {};
+    await waitFor(async () => {
+      running = (await status(ports[0]!)).progress ?? {};
+      return running.keysTotal === total && running.keysDone > 0;
+    }, { timeoutMs: 10_000, message: 'no progress with a total in /status' });
+    expect(running).toMatchObject({ phase: 'initial-sync', keysTotal: total, running: true, finishedAt: null });
+    expect(running.keysDone).toBeLessThan(total);
+    expect(running.percent).toBe(Math.floor((running.keysDone / total) * 1000) / 10);
+    expect(running.etaSeconds === null || running.etaSeconds >= 0).toBe(true);
     const m = parseMetrics(await get(ports[0]!, '/metrics'));
-    expect([m.get('etcd_sync_full_diff_keys'), m.get('etcd_sync_full_diff_keys_done'), m.get('etcd_sync_full_diff_progress_ratio'), m.get('etcd_sync_full_diff_eta_seconds')]).toEqual([total, total, 1, 0]);
+    expect(m.get('etcd_sync_full_diff_keys')).toBe(total);
+    expect(m.get('etcd_sync_full_diff_progress_ratio')).toBeGreaterThan(0);
+    expect(m.get('etcd_sync_full_diff_progress_ratio')).toBeLessThan(1);
+    expect(m.get('etcd_sync_state{state="initial-sync"}')).toBe(1);
+    // The leader publishes it for `etcd-sync status` (every 5 s).
+    let text = '';
+    await waitFor(async () => {
+      const c = runCli(['status', ...standby.cliArgs('standby')]);
+      await c.exited;
+      text = c.stdout();
+      return text.includes('progress: initial-sync');
+    }, { timeoutMs: 20_000, intervalMs: 500, message: 'status never showed the progress' });
+    expect(text).toMatch(new RegExp(`^progress: initial-sync at primary revision \\d+: \\d+ of ${total} keys \\([\\d.]+%\\), \\d+ keys/s(, ETA \\d+ s)?$`, 'm'));
+    expect(text).toMatch(/^state: initial-sync \(NOT READY/m);
+
+    proxy.release();
+    await waitFor(async () => {
+      const st = await status(ports[0]!);
+      return st.role === 'leader' && st.state === 'streaming' && st.ready.ready === true;
+    }, { timeoutMs: 60_000, message: 'sync-0 never streamed after the hold' });
+    const done = (await status(ports[0]!)).progress;
+    expect(done).toMatchObject({ phase: 'initial-sync', keysDone: total, keysTotal: total, percent: 100, etaSeconds: 0, written: keys, running: false });
+    expect(done.keysPerSecond).toBeGreaterThan(0);
+    const after = parseMetrics(await get(ports[0]!, '/metrics'));
+    expect([after.get('etcd_sync_full_diff_keys'), after.get('etcd_sync_full_diff_keys_done'), after.get('etcd_sync_full_diff_progress_ratio'), after.get('etcd_sync_full_diff_eta_seconds')]).toEqual([total, total, 1, 0]);
     expect(replicas[0]!.output()).toContain('"msg":"initial sync done"');
+
+    replicas.push(runCli(['run', ...primary.cliArgs('primary'), ...args, '--identity', 'sync-1']));
+    await replicas[1]!.waitForLog('http listening');
+    ports.push(httpPort(replicas[1]!));
+    await waitInSync(p, s);
   });
 
   it('a follower exports who leads and what the standby holds, and logs the leader', async () => {

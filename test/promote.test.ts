@@ -96,9 +96,33 @@ describe('promote and the fence', () => {
     expect(behind.out).toMatch(
       new RegExp(`^promote: refused: the standby has not applied the primary's revision ${await revision()}: 2 revisions not applied \\(standby at \\d+\\) after waiting 2 s: is etcd-sync running and not paused\\? \\(etcd-sync status\\)\\n$`),
     );
+    // The same refusal as one JSON object on stdout (--output json), the exit code unchanged.
+    const json = runCli(['promote', ...standby.cliArgs('standby'), ...primary.cliArgs('primary'), '--wait', '1s', '-o', 'json']);
+    expect((await json.exited).code).toBe(1);
+    expect(JSON.parse(json.stdout())).toEqual({
+      command: 'promote',
+      outcome: 'refused',
+      exitCode: 1,
+      messages: [expect.stringMatching(/^promote: refused: the standby has not applied the primary's revision \d+: 2 revisions not applied/)],
+    });
     expect(await fenced()).toBe(false);
-    expect((await cli('resume', ...standby.cliArgs('standby'))).code).toBe(0);
+    const resumed = runCli(['resume', ...standby.cliArgs('standby'), '--output=json']);
+    expect((await resumed.exited).code).toBe(0);
+    expect(JSON.parse(resumed.stdout())).toMatchObject({ command: 'resume', outcome: 'resumed', exitCode: 0, record: { what: 'resume', reason: '' } });
     await waitInSync(p, s);
+  });
+
+  it('--output json: a failure is one JSON object on stdout with the documented exit code, nothing on stderr', async () => {
+    const same = runCli(['promote', ...standby.cliArgs('standby'), '--primary-endpoints', standby.endpoint, '-o', 'json']);
+    expect((await same.exited).code).toBe(2);
+    expect(JSON.parse(same.stdout())).toEqual({ error: expect.stringMatching(/^primary and standby are the same etcd cluster \(cluster ID [0-9a-f]+\): check --primary-endpoints$/), exitCode: 2 });
+    expect(same.output()).toBe(same.stdout());
+    const usage = runCli(['status', ...standby.cliArgs('standby'), '--output', 'json', '--no-such-flag']);
+    expect((await usage.exited).code).toBe(2);
+    expect(JSON.parse(usage.stdout())).toEqual({ error: "unknown option '--no-such-flag'", exitCode: 2 });
+    const env = runCli(['pause', '--standby-endpoints', 'http://127.0.0.1:1', '--log-level', 'fatal'], { ETCD_SYNC_OUTPUT: 'json' });
+    expect((await env.exited).code).toBe(2);
+    expect(JSON.parse(env.stdout())).toEqual({ error: expect.stringMatching(/^could not pause: standby etcd \(http:\/\/127\.0\.0\.1:1\) .*unreachable/), exitCode: 2 });
   });
 
   it('accepts once the primary is still and applied (gap 0); afterwards check --repair --prune refuses and changes nothing', async () => {

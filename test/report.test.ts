@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { type CheckReport, formatText, groupOf, keyText, toJson, displayKey } from '../src/diff/report.js';
-import { prettyLine } from '../src/log.js';
+import { StatusLine, createLogger, prettyLine } from '../src/log.js';
+import { progressLine } from '../src/cli/commands.js';
+import { DiffProgress } from '../src/sync/full-diff.js';
 
 const prefix = Buffer.from('/registry/');
 
@@ -105,6 +107,46 @@ describe('pretty log lines (terminal only)', () => {
     ['not json', 'not json'],
   ])('%s', (line, pretty) => {
     expect(prettyLine(line)).toBe(pretty);
+  });
+});
+
+describe('the progress line on a terminal', () => {
+  it('log lines scroll above it instead of running into it', async () => {
+    const written: string[] = [];
+    const line = new StatusLine((text) => written.push(text));
+    const log = createLogger('info', { cmd: 'run' }, true, line);
+    line.set('initial-sync: 10/40 keys (25%)');
+    log.info({ revision: '7' }, 'sync progress');
+    await new Promise((resolve) => setImmediate(resolve));
+    line.set('initial-sync: 20/40 keys (50%)');
+    line.clear();
+    log.info('streaming');
+    await new Promise((resolve) => setImmediate(resolve));
+    const erase = '\r\x1b[2K';
+    expect(written.map((w) => w.replace(/\d\d:\d\d:\d\d/, 'HH:MM:SS'))).toEqual([
+      `${erase}initial-sync: 10/40 keys (25%)`,
+      `${erase}HH:MM:SS INFO  sync progress revision=7\ninitial-sync: 10/40 keys (25%)`,
+      `${erase}initial-sync: 20/40 keys (50%)`,
+      erase,
+      'HH:MM:SS INFO  streaming\n',
+    ]);
+  });
+
+  it('says keys done of total, percent, rate and ETA; without a total, only what it knows', () => {
+    const p = new DiffProgress('initial-sync', 9n, 0);
+    p.keysDone = 250;
+    p.written = 100;
+    p.bytesWritten = 3 * 1048576;
+    expect(progressLine(p.snapshot(10_000))).toBe('initial-sync: 250 keys, 25 keys/s, 100 written (3.0 MiB)');
+    p.keysTotal = 1000;
+    expect(p.snapshot(10_000)).toMatchObject({ keysDone: 250, keysTotal: 1000, percent: 25, keysPerSecond: 25, etaSeconds: 30 });
+    expect(progressLine(p.snapshot(10_000))).toBe('initial-sync: 250/1000 keys (25%), 25 keys/s, ETA 30 s, 100 written (3.0 MiB)');
+    p.keysDone = 1000;
+    p.finishedAt = 20_000;
+    expect(p.snapshot(99_000)).toMatchObject({ percent: 100, keysPerSecond: 50, etaSeconds: 0 });
+    const empty = new DiffProgress('resyncing', 9n, 0);
+    empty.keysTotal = 0;
+    expect(empty.snapshot(0)).toMatchObject({ percent: 100, keysPerSecond: 0, etaSeconds: undefined });
   });
 });
 

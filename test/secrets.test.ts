@@ -35,7 +35,7 @@ describe('secrets', () => {
     );
   });
 
-  it('encryption merge -o: the merged keys are 0600, also over an existing 0644 file; a symlink at the path is replaced, its target untouched', async () => {
+  it('encryption merge --output-file: the merged keys are 0600, also over an existing 0644 file; a symlink at the path is replaced, its target untouched', async () => {
     const primary = path.join(dir, 'primary.yaml');
     const standby = path.join(dir, 'standby.yaml');
     writeFileSync(primary, configYaml([{ type: 'aescbc', keys: [['key1', randomBytes(32)]] }]));
@@ -43,7 +43,7 @@ describe('secrets', () => {
 
     const out = path.join(dir, 'merged.yaml');
     writeFileSync(out, 'old', { mode: 0o644 });
-    expect((await exitOf(['encryption', 'merge', '--primary', primary, '--standby', standby, '-o', out])).code).toBe(0);
+    expect((await exitOf(['encryption', 'merge', '--primary', primary, '--standby', standby, '--output-file', out])).code).toBe(0);
     expect(statSync(out).mode & 0o777).toBe(0o600);
     expect(readFileSync(out, 'utf8')).toContain('kind: EncryptionConfiguration');
 
@@ -51,7 +51,7 @@ describe('secrets', () => {
     writeFileSync(victim, 'do not overwrite', { mode: 0o644 });
     const link = path.join(dir, 'link.yaml');
     symlinkSync(victim, link);
-    expect((await exitOf(['encryption', 'merge', '--primary', primary, '--standby', standby, '-o', link])).code).toBe(0);
+    expect((await exitOf(['encryption', 'merge', '--primary', primary, '--standby', standby, '--output-file', link])).code).toBe(0);
     expect(readFileSync(victim, 'utf8')).toBe('do not overwrite');
     expect(lstatSync(link).isSymbolicLink()).toBe(false);
     expect(statSync(link).mode & 0o777).toBe(0o600);

@@ -57,13 +57,13 @@ function control(command: ControlCommand, description: string): CommandSpec {
     addOptions: addControlOptions(command),
     run: (options, edge) => {
       const config = controlConfig(command, options);
-      const log = createLogger(config.logLevel, { cmd: command }, edge.tty);
+      const log = createLogger(config.logLevel, { cmd: command }, edge.tty && config.output === 'text');
       return runControl(config, { log, out: edge.out, actor: edge.actor });
     },
   };
 }
 
-function encryption<C extends { logLevel: string }>(
+function encryption<C extends { logLevel: string; output: 'text' | 'json' }>(
   name: string,
   description: string,
   addOptions: (cmd: Command) => Command,
@@ -77,7 +77,7 @@ function encryption<C extends { logLevel: string }>(
     addOptions,
     run: (options, edge) => {
       const config = toConfig(options);
-      const log = createLogger(config.logLevel, { cmd: path }, edge.tty);
+      const log = createLogger(config.logLevel, { cmd: path }, edge.tty && config.output === 'text');
       return run(config, { log, out: edge.out, warn: (line) => edge.err(`etcd-sync: ${line}\n`) });
     },
   };
@@ -89,9 +89,10 @@ export const COMMANDS: readonly CommandSpec[] = [
     description: 'mirror the primary etcd into the standby: initial diff, then streaming (the daemon)',
     addOptions: addRunOptions,
     run: async (options, edge) => {
-      const config = runConfig(options, { identity: edge.identity, version: edge.version });
-      const statusLine = edge.tty ? new StatusLine(edge.err) : undefined;
-      const log = createLogger(config.logLevel, { cmd: 'run' }, edge.tty, statusLine);
+      const config = runConfig(options, { identity: edge.identity, version: edge.version, tty: edge.tty });
+      const readable = edge.tty && config.output === 'text';
+      const statusLine = readable ? new StatusLine(edge.err) : undefined;
+      const log = createLogger(config.logLevel, { cmd: 'run' }, readable, statusLine);
       edge.signal.addEventListener('abort', () => log.info('stopping: finishing the transaction in flight'), { once: true });
       const hooks = statusLine ? { onProgress: (p: SyncProgress) => statusLine.set(progressLine(p)), onState: () => statusLine.clear() } : {};
       await runSync(config, log, edge.signal, hooks);
@@ -104,7 +105,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     addOptions: addCheckOptions,
     run: (options, edge) => {
       const config = checkConfig(options);
-      const log = createLogger(config.logLevel, { cmd: 'check' }, edge.tty);
+      const log = createLogger(config.logLevel, { cmd: 'check' }, edge.tty && config.output === 'text');
       return runCheck(config, { log, out: edge.out, ...(edge.confirm ? { confirm: edge.confirm } : {}) });
     },
   },

@@ -37,44 +37,73 @@ const PROMOTE_POLL_MS = 1_000;
 /** A leader status older than this many publish intervals is stale (the leader may be gone). */
 const STALE_STATUS_MS = 20_000;
 
+/**
+ * What a toggle or promote tells the operator: text lines, or with --output json one object
+ * {command, outcome, exitCode, messages, record?}. `outcome` is one word a script can branch on.
+ */
+class Outcome {
+  readonly messages: string[] = [];
+  outcome = '';
+  record: ControlRecord | undefined;
+
+  say(line: string): void {
+    this.messages.push(line);
+  }
+
+  /** Sets the outcome word and says why; returns the exit code. */
+  end(outcome: string, line: string, exitCode: number, record?: ControlRecord): number {
+    this.outcome = outcome;
+    this.say(line);
+    this.record = record;
+    return exitCode;
+  }
+}
+
 export async function runControl(config: ControlConfig, io: ControlIo): Promise<number> {
   const standby = new EtcdSide(config.standby);
   const primary = config.primary ? new EtcdSide(config.primary) : undefined;
   const keys = controlKeys(config.checkpointKey);
   const retry = retrier({ log: io.log, ...ONE_SHOT_RETRY });
   const record = (what: string): ControlRecord => ({ what, by: io.actor, at: new Date().toISOString(), reason: config.reason });
+  const result = new Outcome();
   try {
+    let code: number;
     switch (config.command) {
       case 'pause': {
         const r = record('pause');
         await retry('pause', () => txn(standby, [put(keys.paused, r), put(keys.last, r)]));
-        io.out(`paused ${describeRecord(r)}: the leader stops applying and keeps its place in the primary history (etcd-sync resume to continue)\n`);
-        return 0;
+        code = result.end('paused', `paused ${describeRecord(r)}: the leader stops applying and keeps its place in the primary history (etcd-sync resume to continue)`, 0, r);
+        break;
       }
       case 'resume': {
         const r = record('resume');
         await retry('resume', () => txn(standby, [{ type: 'delete', key: keys.paused }, put(keys.last, r)]));
-        io.out(`resumed ${describeRecord(r)}\n`);
-        return 0;
+        code = result.end('resumed', `resumed ${describeRecord(r)}`, 0, r);
+        break;
       }
       case 'unfence': {
         const fenced = await retry('read the fence', () => readKey(standby, keys.fenced));
         if (!fenced) {
-          io.out('unfence: nothing to do: this etcd is not fenced\n');
-          return 0;
+          code = result.end('not-fenced', 'unfence: nothing to do: this etcd is not fenced', 0);
+          break;
         }
         const r = record('unfence');
         await retry('unfence', () => txn(standby, [{ type: 'delete', key: keys.fenced }, put(keys.last, r)]));
-        io.out(`unfenced ${describeRecord(r)} (was fenced ${describeRecord(decodeControlRecord(fenced.value))}): etcd-sync replicas may write into this etcd again\n`);
-        return 0;
+        code = result.end('unfenced', `unfenced ${describeRecord(r)} (was fenced ${describeRecord(decodeControlRecord(fenced.value))}): etcd-sync replicas may write into this etcd again`, 0, r);
+        break;
       }
       case 'promote':
-        return await promote(config, io, standby, primary, keys, retry, record('promote'));
+        code = await promote(config, result, standby, primary, keys, retry, record('promote'));
+        break;
       case 'status':
         return await status(config, io, standby, primary, keys, retry);
       default:
         throw new ConfigError(`unknown control command ${String(config.command satisfies never)}`);
     }
+    if (config.output === 'json') {
+      io.out(`${JSON.stringify({ command: config.command, outcome: result.outcome, exitCode: code, messages: result.messages, ...(result.record ? { record: result.record } : {}) })}\n`);
+    } else io.out(result.messages.map((line) => `${line}\n`).join(''));
+    return code;
   } catch (err) {
     if (err instanceof EtcdSyncError && err.exitCode !== 2) throw new ConfigError(`could not ${config.command}: ${describeError(err)}`);
     throw err;
@@ -122,17 +151,11 @@ function sameCluster(primary: Header, standby: Header): ConfigError {
  * applied the primary's current revision and the primary has stopped moving, checks the pair at
  * that revision, then fences. Unplanned (--force): fences and says what is lost.
  */
-async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, primary: EtcdSide | undefined, keys: ControlKeys, retry: Retry, record: ControlRecord): Promise<number> {
-  const say = (line: string): void => io.out(`${line}\n`);
-  const refuse = (why: string): number => {
-    say(`promote: refused: ${why}`);
-    return 1;
-  };
+async function promote(config: ControlConfig, result: Outcome, standby: EtcdSide, primary: EtcdSide | undefined, keys: ControlKeys, retry: Retry, record: ControlRecord): Promise<number> {
+  const say = (line: string): void => result.say(line);
+  const refuse = (why: string): number => result.end('refused', `promote: refused: ${why}`, 1);
   const [standbyHeader, control] = await Promise.all([retry('read standby revision', () => readHeader(standby)), retry('read control keys', () => readControl(standby, keys))]);
-  if (control.fenced) {
-    say(`promote: nothing to do: this etcd is already fenced ${describeRecord(control.fenced)}`);
-    return 0;
-  }
+  if (control.fenced) return result.end('already-fenced', `promote: nothing to do: this etcd is already fenced ${describeRecord(control.fenced)}`, 0);
   const readStoredCheckpoint = async (): Promise<Checkpoint | undefined> => (await retry('read checkpoint', () => readCheckpoint(standby, config.checkpointKey))).checkpoint;
   const reached = primary ? await readPrimary(primary, config.primaryTimeoutMs) : { error: 'no --primary-endpoints given' };
   if (reached.header && reached.header.clusterId === standbyHeader.clusterId) throw sameCluster(reached.header, standbyHeader);
@@ -164,10 +187,7 @@ async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, 
         }
         if (!applied) {
           const why = `the standby has not applied the primary's revision ${head.revision}: ${gap} revisions not applied (standby at ${checkpoint?.revision ?? 'no checkpoint'})`;
-          if (config.dryRun) {
-            say(`dry run: promote would wait up to ${Math.round(config.waitMs / 1000)} s for ${why}; nothing written`);
-            return 1;
-          }
+          if (config.dryRun) return result.end('dry-run-would-wait', `dry run: promote would wait up to ${Math.round(config.waitMs / 1000)} s for ${why}; nothing written`, 1);
           return refuse(`${why} after waiting ${Math.round(config.waitMs / 1000)} s: is etcd-sync running and not paused? (etcd-sync status)`);
         }
         break;
@@ -193,17 +213,16 @@ async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, 
   }
   if (config.dryRun) {
     for (const line of lines) say(line);
-    say('dry run: promote would fence this etcd now; nothing written');
-    return 0;
+    return result.end('dry-run-would-promote', 'dry run: promote would fence this etcd now; nothing written', 0);
   }
   const fence = await retry('write the fence', () => txn(standby, [put(keys.fenced, record), put(keys.last, record)], [{ key: keys.fenced, target: 'Create', result: 'Equal', version: 0n }]));
   if (!fence.succeeded) {
     const now = await retry('read control keys', () => readControl(standby, keys));
-    say(`promote: nothing to do: fenced meanwhile ${now.fenced ? describeRecord(now.fenced) : ''}`);
-    return 0;
+    return result.end('already-fenced', `promote: nothing to do: fenced meanwhile ${now.fenced ? describeRecord(now.fenced) : ''}`, 0);
   }
   for (const line of lines) say(line);
-  say(
+  return result.end(
+    'promoted',
     [
       `promoted ${describeRecord(record)}: the standby is fenced; no etcd-sync writer (run, check --repair) writes into it until etcd-sync unfence`,
       'next steps (docs/operations.md):',
@@ -212,8 +231,9 @@ async function promote(config: ControlConfig, io: ControlIo, standby: EtcdSide, 
       '  3. clients holding the primary\'s resourceVersions may see "too large resource version": restart their watches',
       '  4. when the old primary returns, make it the standby of this cluster (role reversal) before unfencing anything',
     ].join('\n'),
+    0,
+    record,
   );
-  return 0;
 }
 
 interface StatusJson {
@@ -309,6 +329,11 @@ function statusText(s: StatusJson, primaryRead: boolean, now: number): string {
     lines.push(`primary: revision ${l.primaryRevision}, ${l.primaryReachable ? 'answering' : `NOT answering (last contact ${l.lastPrimaryContact ?? 'never'})`} (as the leader saw it ${age(l.at, now)})`);
   } else lines.push('primary: unknown (give --primary-endpoints to read it)');
   lines.push(`lag: ${s.lagRevisions === null ? 'unknown' : `${s.lagRevisions} revisions`}${s.lagSeconds === null ? '' : `, ${s.lagSeconds} s`}`);
+  const p = s.leaderStatus?.progress;
+  if (p) {
+    const of = p.keysTotal === null ? `${p.keysDone} keys` : `${p.keysDone} of ${p.keysTotal} keys (${p.percent}%)`;
+    lines.push(`progress: ${p.phase} at primary revision ${p.revision}: ${of}, ${p.keysPerSecond} keys/s${p.etaSeconds === null ? '' : `, ETA ${p.etaSeconds} s`}`);
+  }
   if (s.paused) lines.push(`paused: ${describeRecord(s.paused)}`);
   if (s.fenced) lines.push(`fenced: ${describeRecord(s.fenced)}`);
   if (s.lastAction) lines.push(`last control action: ${s.lastAction.what} ${describeRecord(s.lastAction)}`);

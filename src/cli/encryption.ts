@@ -47,7 +47,7 @@ function writeSecretFile(file: string, text: string): void {
     renameSync(temp, file);
   } catch (err) {
     rmSync(temp, { force: true });
-    throw new ConfigError(`cannot write -o ${file}: ${(err as NodeJS.ErrnoException).code ?? describeError(err)}`);
+    throw new ConfigError(`cannot write --output-file ${file}: ${(err as NodeJS.ErrnoException).code ?? describeError(err)}`);
   }
 }
 
@@ -59,9 +59,16 @@ export async function runMerge(config: MergeConfig, io: CliIo): Promise<number> 
   const standbyConfig = readEncryptionConfig('--standby', config.standbyFile);
   const result = mergeConfigs(primary, standbyConfig);
   const yaml = mergedYaml(result, config.primaryFile, config.standbyFile);
+  const json = config.output === 'json';
+  // JSON: one object at the end, the warnings in it; text: the YAML on stdout, warnings on stderr.
+  const warnings: string[] = [];
+  const warn = (line: string): void => {
+    if (json) warnings.push(line);
+    else io.warn(line);
+  };
   if (config.outputFile) writeSecretFile(config.outputFile, yaml);
-  else io.out(yaml);
-  for (const r of result.renames) io.warn(`renamed the standby's ${r.type} key '${r.from}' to '${r.to}' for ${r.resources.join(',')}`);
+  else if (!json) io.out(yaml);
+  for (const r of result.renames) warn(`renamed the standby's ${r.type} key '${r.from}' to '${r.to}' for ${r.resources.join(',')}`);
   if (config.standby && result.renames.length > 0) {
     const side = new EtcdSide(config.standby);
     try {
@@ -78,7 +85,7 @@ export async function runMerge(config: MergeConfig, io: CliIo): Promise<number> 
       for (const r of result.renames) {
         const count = stranded.get(`${r.type}/${r.from}`) ?? 0;
         if (count > 0) {
-          io.warn(
+          warn(
             `warning: the standby holds ${count} values written with its ${r.type} key '${r.from}'; with the merged file '${r.from}' is the primary's key, so the standby's apiserver cannot read them. Rewrite them with the merged file in place before the rename takes effect, or keep the standby's key name.`,
           );
         }
@@ -89,6 +96,9 @@ export async function runMerge(config: MergeConfig, io: CliIo): Promise<number> 
     } finally {
       side.close();
     }
+  }
+  if (json) {
+    io.out(`${JSON.stringify({ outputFile: config.outputFile ?? null, ...(config.outputFile ? {} : { yaml }), renames: result.renames, warnings })}\n`);
   }
   return 0;
 }

@@ -79,6 +79,8 @@ export interface LeaderStatus {
   lastPrimaryContact: string | null;
   /** When it was published (RFC 3339). */
   at: string;
+  /** While a full diff (initial sync, resync) runs: where it stands (progressFields). */
+  progress?: Record<string, unknown>;
 }
 
 export async function readLeaderStatus(standby: EtcdSide, keys: ControlKeys): Promise<LeaderStatus | undefined> {

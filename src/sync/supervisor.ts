@@ -14,6 +14,7 @@ import { AbortedError, delay, retrier } from './retry.js';
 import { type ControlKeys, type ControlState, type LeaderStatus, describeRecord, readControl } from './control-keys.js';
 import type { PrimaryMonitor } from './primary-monitor.js';
 import type { SyncEngine } from './engine.js';
+import { progressFields } from './full-diff.js';
 import type { Fence } from './writer.js';
 
 export type Role = 'leader' | 'follower';
@@ -263,6 +264,7 @@ export class Supervisor {
   /** What this replica knows, as the leader publishes it for `etcd-sync status`. */
   leaderStatus(now = Date.now()): LeaderStatus {
     const m = this.monitor;
+    const progress = this.engine?.diffProgress?.snapshot(now);
     return {
       identity: this.options.identity,
       state: this.state,
@@ -273,6 +275,7 @@ export class Supervisor {
       primaryReachable: m.reachable(now),
       lastPrimaryContact: m.lastContactAt === undefined ? null : new Date(m.lastContactAt).toISOString(),
       at: new Date(now).toISOString(),
+      ...(progress && progress.finishedAt === undefined ? { progress: progressFields(progress) } : {}),
     };
   }
 

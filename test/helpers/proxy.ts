@@ -14,7 +14,29 @@ export class Proxy {
   closedByClient = 0;
   /** Bytes received from clients (forwarded or not). */
   bytesFromClients = 0;
+  /** Bytes etcd sent to clients. */
+  bytesToClients = 0;
+  /** Once etcd has sent this many bytes to clients, the proxy holds (see hold()). */
+  holdAfterBytes: number | undefined;
+  /** Whether the proxy holds now. */
+  held = false;
   private readonly sockets = new Set<net.Socket>();
+  private readonly upstreams = new Set<net.Socket>();
+
+  /**
+   * Stops reading from etcd without losing a byte (TCP flow control holds the rest, as a very
+   * slow link would); release() goes on where it stopped. Unlike freeze, the connections survive.
+   */
+  hold(): void {
+    this.held = true;
+    for (const s of this.upstreams) s.pause();
+  }
+
+  release(): void {
+    this.held = false;
+    this.holdAfterBytes = undefined;
+    for (const s of this.upstreams) s.resume();
+  }
   private constructor(
     private readonly server: net.Server,
     readonly endpoint: string,
@@ -30,6 +52,12 @@ export class Proxy {
       if (proxy.mode === 'reset') return client.resetAndDestroy();
       const upstream = net.connect(Number(port), hostname);
       proxy.sockets.add(client).add(upstream);
+      proxy.upstreams.add(upstream);
+      if (proxy.held) upstream.pause();
+      upstream.on('data', (chunk: Buffer) => {
+        proxy.bytesToClients += chunk.length;
+        if (proxy.holdAfterBytes !== undefined && !proxy.held && proxy.bytesToClients >= proxy.holdAfterBytes) proxy.hold();
+      });
       client.on('data', (chunk: Buffer) => (proxy.bytesFromClients += chunk.length));
       for (const [from, to] of [
         [client, upstream],
@@ -47,6 +75,7 @@ export class Proxy {
       });
       upstream.on('close', () => {
         proxy.sockets.delete(upstream);
+        proxy.upstreams.delete(upstream);
         client.destroy();
       });
     });

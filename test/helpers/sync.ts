@@ -72,7 +72,7 @@ export function parseRunConfig(primary: EtcdServer, standby: EtcdServer, args: s
     options = parsed.options;
   }).parse(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), ...args], { from: 'user' });
   if (!options) throw new Error('run did not parse');
-  return runConfig(options, { identity: 'test', version: 'test' });
+  return runConfig(options, { identity: 'test', version: 'test', tty: false });
 }
 
 /** The engine's options as `run` builds them with its default flags (idle progress every 200 ms, for quick tests), then `overrides`. */

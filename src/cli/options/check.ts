@@ -54,7 +54,7 @@ export interface CheckConfig extends WriteConfig {
 export function addCheckOptions(cmd: Command): Command {
   const d = CHECK_DEFAULTS;
   cmd
-    .addOption(outputOption())
+    .addOption(outputOption('the report: text, or one JSON object'))
     .addOption(new Option('--limit <n>', 'keys listed in the text report').argParser(nonNegativeInt('--limit')).default(d.limit))
     .addOption(new Option('--repair', "put missing and different keys from the primary's current version"))
     .addOption(new Option('--prune', 'also delete surplus keys (asks for confirmation unless --yes)'))

@@ -173,9 +173,15 @@ export function addLogOptions(cmd: Command, level: (typeof LOG_LEVELS)[number]):
   return cmd.addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default(level));
 }
 
-/** `--output text|json`. */
-export function outputOption(what = 'report format'): Option {
-  return new Option('--output <format>', what).choices(['text', 'json']).default('text');
+export const OUTPUT_FORMATS = ['text', 'json'] as const;
+export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
+
+/**
+ * `-o, --output text|json`, on every command: json makes what the command prints on stdout one
+ * JSON object (a failure too: {"error", "exitCode"}), and its log lines JSON even on a terminal.
+ */
+export function outputOption(what: string): Option {
+  return new Option('-o, --output <format>', what).choices(OUTPUT_FORMATS).default('text');
 }
 
 // ---- typed configs from what commander parsed ----
@@ -362,6 +368,6 @@ export function writeConfig(options: Options): WriteConfig {
   };
 }
 
-export function outputConfig(options: Options): 'text' | 'json' {
+export function outputConfig(options: Options): OutputFormat {
   return given<string>(options, 'output') === 'json' ? 'json' : 'text';
 }

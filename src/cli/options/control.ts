@@ -86,9 +86,9 @@ export function addControlOptions(command: ControlCommand): (cmd: Command) => Co
     }
     if (command === 'status') {
       cmd
-        .addOption(outputOption('output format'))
         .addOption(new Option('--ready-max-lag <revisions>', 'exit 0 only when the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(RUN_DEFAULTS.readyMaxLag));
     }
+    cmd.addOption(outputOption(command === 'status' ? 'text, or the status as one JSON object' : 'text, or the outcome as one JSON object'));
     if (command === 'promote') addScopeOptions(cmd);
     else cmd.addOption(new Option('--key-prefix <prefix>', "the synced prefix, which etcd-sync's keys must stay outside of").default(SCOPE_DEFAULTS.keyPrefix)).addOption(checkpointKeyOption());
     return addLogOptions(cmd, CONTROL_DEFAULTS.logLevel);
@@ -119,7 +119,7 @@ export function controlConfig(command: ControlCommand, options: Options): Contro
     waitMs: command === 'promote' ? given(options, 'wait') : 0,
     primaryTimeoutMs: readsPrimary ? primaryTimeout(options) : RUN_DEFAULTS.primaryTimeoutMs,
     readyMaxLag: command === 'status' ? given(options, 'readyMaxLag') : RUN_DEFAULTS.readyMaxLag,
-    output: command === 'status' ? outputConfig(options) : 'text',
+    output: outputConfig(options),
     logLevel: given(options, 'logLevel'),
     pageSize: WRITE_DEFAULTS.pageSize,
     maxTxnOps: WRITE_DEFAULTS.maxTxnOps,

@@ -10,6 +10,7 @@ import {
   given,
   keyPrefixConfig,
   nonNegativeInt,
+  type OutputFormat,
   outputConfig,
   outputOption,
   positiveInt,
@@ -36,6 +37,7 @@ export interface MergeConfig {
   standby?: EtcdSideConfig;
   keyPrefix: Buffer;
   pageSize: number;
+  output: OutputFormat;
   logLevel: string;
 }
 
@@ -53,7 +55,8 @@ export function addMergeOptions(cmd: Command): Command {
   cmd
     .addOption(new Option('--primary <file>', "the primary's EncryptionConfiguration (required)"))
     .addOption(new Option('--standby <file>', "the standby's EncryptionConfiguration (required)"))
-    .addOption(new Option('-o, --output <file>', 'write the merged file here (default: stdout)'));
+    .addOption(new Option('--output-file <file>', 'write the merged file here, mode 0600 (default: stdout)'))
+    .addOption(outputOption('text: the merged YAML; json: one object with it (or the file written), the renames and warnings'));
   addConnectionOptions(cmd, 'standby');
   return addLogOptions(cmd, VERIFY_DEFAULTS.logLevel);
 }
@@ -61,7 +64,7 @@ export function addMergeOptions(cmd: Command): Command {
 export function addVerifyOptions(cmd: Command): Command {
   cmd
     .addOption(new Option('--config <file>', 'the EncryptionConfiguration of that side (required)'))
-    .addOption(outputOption())
+    .addOption(outputOption('the report: text, or one JSON object'))
     .addOption(new Option('--limit <n>', 'failing keys listed in the text report').argParser(nonNegativeInt('--limit')).default(VERIFY_DEFAULTS.limit))
     .addOption(new Option('--key-prefix <prefix>', 'keys under this prefix are scanned').default(SCOPE_DEFAULTS.keyPrefix))
     .addOption(new Option('--page-size <n>', 'most keys per range page (pages aim at 4 MiB)').argParser(positiveInt('--page-size')).default(WRITE_DEFAULTS.pageSize));
@@ -70,7 +73,7 @@ export function addVerifyOptions(cmd: Command): Command {
 }
 
 export function mergeConfig(options: Options): MergeConfig {
-  const outputFile = str(options, 'output');
+  const outputFile = str(options, 'outputFile');
   return {
     primaryFile: required(options, 'primary'),
     standbyFile: required(options, 'standby'),
@@ -78,6 +81,7 @@ export function mergeConfig(options: Options): MergeConfig {
     ...(str(options, 'standbyEndpoints') ? { standby: sideConfig(options, 'standby', Buffer.from(SCOPE_DEFAULTS.keyPrefix)) } : {}),
     keyPrefix: Buffer.from(SCOPE_DEFAULTS.keyPrefix),
     pageSize: WRITE_DEFAULTS.pageSize,
+    output: outputConfig(options),
     logLevel: given(options, 'logLevel'),
   };
 }

@@ -7,6 +7,8 @@ import type { SyncOptions } from '../../sync/engine.js';
 import { CHECK_DEFAULTS } from './check.js';
 import {
   type Options,
+  OUTPUT_FORMATS,
+  type OutputFormat,
   type WriteConfig,
   addConnectionOptions,
   addLogOptions,
@@ -125,11 +127,14 @@ export interface RunConfig extends WriteConfig {
   primaryTimeoutMs: number;
   /** Whether /check is served. */
   httpCheck: boolean;
+  /** Log lines as text (readable, with a progress line) or JSON. */
+  output: OutputFormat;
 }
 
 export function addRunOptions(cmd: Command): Command {
   const d = RUN_DEFAULTS;
   cmd
+    .addOption(new Option('-o, --output <format>', 'log lines: text (readable, with a progress line) or json (default: text on a terminal, json otherwise)').choices(OUTPUT_FORMATS))
     .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'))
     .addOption(new Option('--check-interval <duration>', 'periodic consistency check and repair; 0 turns it off').argParser(parseDuration('--check-interval', { minMs: RUN_LIMITS.checkIntervalMinMs, zeroMeansOff: true })).default(d.checkIntervalMs, durationText(d.checkIntervalMs)))
     .addOption(new Option('--http-address <host:port>', 'serve /metrics, /healthz, /readyz, /status, /check here; "off" for none').default(d.httpAddress))
@@ -171,7 +176,7 @@ function httpAddress(options: Options): string | undefined {
 }
 
 /** `identity`: the replica's name when --identity is not given (the edge's $POD_NAME or hostname). */
-export function runConfig(options: Options, edge: { identity: string; version: string }): RunConfig {
+export function runConfig(options: Options, edge: { identity: string; version: string; tty: boolean }): RunConfig {
   const address = httpAddress(options);
   const encryptionConfigFile = str(options, 'encryptionConfig');
   const scope = scopeConfig(options);
@@ -194,6 +199,7 @@ export function runConfig(options: Options, edge: { identity: string; version: s
     leaseTtlSeconds: given(options, 'leaseTtl'),
     primaryTimeoutMs: primaryTimeout(options),
     httpCheck: given<string>(options, 'httpCheck') === 'on',
+    output: str(options, 'output') === 'json' || (str(options, 'output') === undefined && !edge.tty) ? 'json' : 'text',
   };
 }
 
