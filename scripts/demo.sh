@@ -7,4 +7,4 @@ bash scripts/ensure-deps.sh
 npx tsc -p tsconfig.scripts.json
 ETCD_BIN=$(bash scripts/install-etcd.sh "${ETCD_VERSION:-3.5}")
 export ETCD_BIN
-exec node dist/scripts/demo.js
+exec node dist/scripts/demo.js "$@"

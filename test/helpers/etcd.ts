@@ -32,8 +32,10 @@ export interface EtcdServerOptions {
   tls?: TlsFiles;
   /** Enables auth with user root and this password. */
   rootPassword?: string;
-  /** This client port, not a free one (no retry when it is taken): for the helper's own test. */
+  /** This client port, not a free one (no retry when it is taken): for the helper's own test and the demo's --port-base. */
   clientPort?: number;
+  /** This peer port, not a free one. */
+  peerPort?: number;
   /** More etcd flags, e.g. `--auth-token-ttl=1`. */
   extraArgs?: string[];
 }
@@ -64,7 +66,7 @@ export class EtcdServer {
     const name = options.name ?? 'etcd';
     for (let attempt = 1; ; attempt++) {
       const dataDir = mkdtempSync(path.join(os.tmpdir(), `etcd-sync-${name}-`));
-      const server = new EtcdServer(name, dataDir, options.clientPort ?? (await freePort()), await freePort(), options);
+      const server = new EtcdServer(name, dataDir, options.clientPort ?? (await freePort()), options.peerPort ?? (await freePort()), options);
       try {
         await server.launch();
       } catch (err) {
@@ -234,6 +236,19 @@ export class EtcdServer {
       { stdio: 'ignore', env: { ...etcdctlEnv(), ETCDCTL_API: '3' } },
     );
     await this.launch();
+  }
+
+  /**
+   * Leaves this etcd running after this process exits (the demo's --keep): stops listening to
+   * it; returns its pid. Its data directory stays.
+   */
+  release(): number {
+    const child = this.process;
+    if (!child?.pid) throw new Error(`etcd ${this.name} is not running`);
+    child.stderr?.destroy();
+    child.unref();
+    this.process = undefined;
+    return child.pid;
   }
 
   async restart(): Promise<void> {
