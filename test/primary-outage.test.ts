@@ -115,7 +115,9 @@ describe('the primary silent, killed or paused: every signal says so', () => {
     await waitFor(async () => (await metric('etcd_sync_lag_revisions')) === 0 && (await metric('etcd_sync_lag_seconds')) === 0, { timeoutMs: 20_000, message: 'lag did not return to 0' });
     expect(await metric('etcd_sync_primary_up')).toBe(1);
     expect(await metric('etcd_sync_applied_revision')).toBe(await primaryRevision());
-    expect(running?.output()).toContain('"msg":"primary reachable again"');
+    // The recovery says how long the outage lasted (the partition held the primary silent past --primary-timeout).
+    const recovered = running?.output().split('\n').find((line) => line.includes('"msg":"primary reachable again"'));
+    expect(JSON.parse(recovered ?? '{}').outageSeconds).toBeGreaterThanOrEqual(TIMEOUT_S);
     await waitFor(async () => (await status()).code === 0, { timeoutMs: 10_000, message: 'status not back to exit 0' });
   });
 
