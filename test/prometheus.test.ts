@@ -7,13 +7,12 @@
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { EtcdServer } from './helpers/etcd.js';
+import { type EtcdServer, freePort } from './helpers/etcd.js';
 import { parseMetrics } from './helpers/metrics.js';
 import { usePair } from './helpers/pair.js';
 import { Proxy } from './helpers/proxy.js';
@@ -70,14 +69,6 @@ describe('alert rules', () => {
     expect(test.stdout + test.stderr).toContain('alertname: EtcdSyncLagSeconds, time: 8m');
   });
 });
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 describe('a running pair, scraped', () => {
   let primary: EtcdServer;
