@@ -83,6 +83,12 @@ export class SyncMetrics {
     });
     gauge('full_diff_keys_per_second', 'Primary keys read per second by the running (or last) full diff.', () => progress()?.keysPerSecond);
     gauge('full_diff_eta_seconds', 'Seconds the running full diff needs still at its rate (0 once done).', () => progress()?.etaSeconds);
+    // While the delete guard holds (absent otherwise).
+    gauge('held_revision', 'The primary revision the standby holds at before a mass delete (absent unless held).', () => {
+      const held = engine()?.held;
+      return held ? Number(held.revision) : undefined;
+    });
+    gauge('held_pending_deletes', 'In-scope deletes on the primary after the held revision, not applied (absent unless held).', () => engine()?.held?.pendingDeletes);
     gauge('self_heal_pending_keys', 'Keys changed on the standby by someone else that wait to be looked at and restored.', () => engine()?.healer?.pendingKeys ?? 0);
     gauge('unreplicable_keys', "Keys the standby refuses even alone (over its --max-request-bytes): skipped, listed in /status.", () => engine()?.writer.unreplicable.size ?? 0);
     gauge('unreadable_encrypted_values', "Keys written whose encrypted value the standby's apiserver cannot read.", sources.unreadableEncryptedValues);

@@ -101,6 +101,7 @@ describe('HTTP surface of run', () => {
           startedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
           finishedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
         },
+        held: null,
         paused: null,
         fenced: null,
         unreplicable: [],

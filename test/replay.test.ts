@@ -25,7 +25,8 @@ describe('replay of a long gap over windows; pipelined streaming', () => {
     return res.kvs[0] ? BigInt(JSON.parse(res.kvs[0].value.toString()).revision) : 0n;
   };
   // --max-txn-ops 24: a txn holds 12 nested txns of 12 ops (144), less than the 300-key revision below.
-  const options = { replayWindowRevisions: 40, replayWindows: 4, checkIntervalMs: 0, maxTxnOps: 24 };
+  // The delete-range of 300 keys is the replay's subject here, not a mass delete to hold (the guard: delete-guard-hold.test.ts).
+  const options = { replayWindowRevisions: 40, replayWindows: 4, checkIntervalMs: 0, maxTxnOps: 24, deleteGuard: undefined };
 
   it('applies puts, deletes, a delete-range and multi-key revisions in order; the deletes arrive without --prune', async () => {
     const seed: [string, string][] = [];
@@ -80,7 +81,7 @@ describe('replay of a long gap over windows; pipelined streaming', () => {
   it('streams with several txns in flight and the standby is, at every checkpoint, exactly the primary at that revision', async () => {
     // Small txns and a few hot keys: every txn rewrites keys the txns before and after it
     // also write, so a txn applied out of order would leave a state the primary never had.
-    const running = startEngine(primary, standby, { maxTxnOps: 6, streamTxnsInFlight: 4, checkIntervalMs: 0, healDelayMs: -1 });
+    const running = startEngine(primary, standby, { maxTxnOps: 6, streamTxnsInFlight: 4, checkIntervalMs: 0, healDelayMs: -1, deleteGuard: undefined });
     await waitFor(() => running.engine.state === 'streaming', { timeoutMs: 30_000 });
     let stop = false;
     const writers = [0, 1, 2, 3].map(async (w) => {

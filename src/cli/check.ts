@@ -41,6 +41,11 @@ export async function runCheck(config: CheckConfig, io: CheckIo): Promise<number
     if (config.repair && !config.dryRun) {
       const control = await retry('read control keys', () => readControl(standby, keys));
       if (control.fenced) throw fencedError(control.fenced);
+      if (control.held) {
+        throw new ConfigError(
+          `the standby holds before a mass delete on the primary (${control.held.reason}): a repair would apply the held deletes; etcd-sync resume --accept-deletes, or promote`,
+        );
+      }
     }
     const auditOptions = { scope, checkpointKey: config.checkpointKey, pageSize: config.pageSize, maxTxnOps: config.maxTxnOps, settleMs: config.settleMs, retry, signal: controller.signal };
     let report = await audit(primary, standby, auditOptions);

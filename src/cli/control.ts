@@ -76,9 +76,28 @@ export async function runControl(config: ControlConfig, io: ControlIo): Promise<
         break;
       }
       case 'resume': {
+        const control = await retry('read control keys', () => readControl(standby, keys));
+        if (control.held && config.acceptDeletes) {
+          const r = { ...record('accept-deletes'), ...(control.held.revision ? { revision: control.held.revision } : {}) };
+          // The leader ends its hold when the held key goes; the next engine finds the accept record.
+          await retry('resume', () => txn(standby, [{ type: 'delete', key: keys.held }, { type: 'delete', key: keys.paused }, put(keys.acceptDeletes, r), put(keys.last, r)]));
+          code = result.end(
+            'accepted-deletes',
+            `accepted the held deletes ${describeRecord(r)} (held at primary revision ${control.held.revision ?? '?'}: ${control.held.reason}): the leader applies them and goes on streaming`,
+            0,
+            r,
+          );
+          break;
+        }
+        if (config.acceptDeletes) result.say('resume --accept-deletes: nothing to accept: the standby is not held');
+        if (!control.paused && control.held) {
+          code = result.end('held', `resume: refused: the standby is held before a mass delete at primary revision ${control.held.revision ?? '?'} (${control.held.reason}); etcd-sync resume --accept-deletes applies the deletes, etcd-sync promote promotes the image before them`, 1);
+          break;
+        }
         const r = record('resume');
         await retry('resume', () => txn(standby, [{ type: 'delete', key: keys.paused }, put(keys.last, r)]));
-        code = result.end('resumed', `resumed ${describeRecord(r)}`, 0, r);
+        const stillHeld = control.held ? `; still held before a mass delete at primary revision ${control.held.revision ?? '?'}: resume --accept-deletes or promote` : '';
+        code = result.end('resumed', `resumed ${describeRecord(r)}${stillHeld}`, 0, r);
         break;
       }
       case 'unfence': {
@@ -162,7 +181,14 @@ async function promote(config: ControlConfig, result: Outcome, standby: EtcdSide
 
   let checkpoint = await readStoredCheckpoint();
   const lines: string[] = [];
-  if (config.force || !reached.header) {
+  if (control.held && !config.force) {
+    // Held before a mass delete: the image before it is what is promoted, without waiting for a
+    // primary the standby must not follow, nor a final check that would find the burst.
+    lines.push(`the standby holds before a mass delete on the primary: ${control.held.reason}`);
+    lines.push(`promoting the image before it: the standby holds ${describeCheckpoint(checkpoint)}`);
+    const gap = reached.header && checkpoint ? `${reached.header.revision - checkpoint.revision} revisions (primary now at ${reached.header.revision})` : `unknown (primary: ${reached.error ?? 'unreachable'})`;
+    lines.push(`data-loss point: every primary write after revision ${checkpoint?.revision ?? control.held.revision ?? '(unknown)'} is not on this standby (the held deletes and whatever followed them): ${gap}`);
+  } else if (config.force || !reached.header) {
     if (!config.force) return refuse(`the primary cannot be reached (${reached.error}); if it is lost, promote with --force (what the standby holds is printed)`);
     // Unplanned: the primary is lost (or the operator says so).
     lines.push(`unplanned promote (--force): the standby holds ${describeCheckpoint(checkpoint)}`);
@@ -251,6 +277,7 @@ interface StatusJson {
   lagSeconds: number | null;
   paused: ControlRecord | null;
   fenced: ControlRecord | null;
+  held: ControlRecord | null;
   lastAction: ControlRecord | null;
 }
 
@@ -291,6 +318,7 @@ async function status(config: ControlConfig, io: ControlIo, standby: EtcdSide, p
     lagSeconds: fresh ? fresh.lagSeconds : null,
     paused: control.paused ?? null,
     fenced: control.fenced ?? null,
+    held: control.held ?? null,
     lastAction: last ? decodeControlRecord(last.value) : null,
   };
   if (config.output === 'json') io.out(`${JSON.stringify(result)}\n`);
@@ -301,6 +329,7 @@ async function status(config: ControlConfig, io: ControlIo, standby: EtcdSide, p
 function stateOf(control: ControlState, hasLeader: boolean, published: LeaderStatus | undefined): string {
   if (control.fenced) return 'fenced';
   if (control.paused) return 'paused';
+  if (control.held) return 'held';
   if (!hasLeader) return 'no-leader';
   return published?.state ?? 'starting';
 }
@@ -308,6 +337,7 @@ function stateOf(control: ControlState, hasLeader: boolean, published: LeaderSta
 function judge(state: string, control: ControlState, reachable: boolean | undefined, lag: bigint | undefined, readyMaxLag: number, stale: boolean): { ready: boolean; reason: string } {
   if (control.fenced) return { ready: false, reason: `fenced (promoted) ${describeRecord(control.fenced)}` };
   if (control.paused) return { ready: false, reason: `paused ${describeRecord(control.paused)}` };
+  if (control.held) return { ready: false, reason: `held before a mass delete at primary revision ${control.held.revision ?? '?'}: ${control.held.reason}` };
   if (state === 'no-leader') return { ready: false, reason: 'no etcd-sync replica leads' };
   if (stale) return { ready: false, reason: 'the leader has published no status for a while (is it alive?)' };
   if (reachable === false) return { ready: false, reason: 'the primary does not answer' };
@@ -336,6 +366,15 @@ function statusText(s: StatusJson, primaryRead: boolean, now: number): string {
   }
   if (s.paused) lines.push(`paused: ${describeRecord(s.paused)}`);
   if (s.fenced) lines.push(`fenced: ${describeRecord(s.fenced)}`);
+  if (s.held) {
+    lines.push(`held: at primary revision ${s.held.revision ?? '?'} since ${s.held.at}: ${s.held.reason}`);
+    const h = s.leaderStatus?.held as { pendingDeletes?: number; deletesByGroup?: Record<string, number>; compacted?: boolean } | undefined;
+    if (h) {
+      const groups = Object.entries(h.deletesByGroup ?? {}).map(([g, n]) => `${g} ${n}`).join(', ');
+      lines.push(`  waiting on the primary: ${h.pendingDeletes ?? 0} deletes${groups ? ` (${groups})` : ''}${h.compacted ? '; the primary compacted past the held revision' : ''}`);
+    }
+    lines.push('  etcd-sync resume --accept-deletes applies them; etcd-sync promote promotes the image before them');
+  }
   if (s.lastAction) lines.push(`last control action: ${s.lastAction.what} ${describeRecord(s.lastAction)}`);
   return `${lines.join('\n')}\n`;
 }

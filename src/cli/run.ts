@@ -9,6 +9,7 @@ import { Scope } from '../scope.js';
 import { audit } from '../sync/audit.js';
 import { SyncEngine, type SyncHooks, type SyncProgress, refuseSameCluster } from '../sync/engine.js';
 import { progressFields } from '../sync/full-diff.js';
+import { heldJson } from '../sync/delete-guard.js';
 import { AbortedError, type Retry, retrier } from '../sync/retry.js';
 import { readHeader } from '../etcd/kv.js';
 import { Supervisor } from '../sync/supervisor.js';
@@ -131,6 +132,10 @@ export function readiness(supervisor: Supervisor, monitor: PrimaryMonitor, ready
     const since = monitor.lastContactAt === undefined ? 'never answered' : `silent for ${Math.round((now - monitor.lastContactAt) / 1000)} s`;
     return { ready: false, reason: `primary unreachable (${since})` };
   }
+  const held = supervisor.engine?.held;
+  if (state === 'held' && held) {
+    return { ready: false, reason: `held before a mass delete at primary revision ${held.revision} (${held.reason}); ${held.pendingDeletes} deletes waiting: etcd-sync resume --accept-deletes, or promote` };
+  }
   const unavailable = supervisor.engine?.writer.unavailable;
   if (state === 'standby-unavailable' && unavailable) return { ready: false, reason: `standby-unavailable: ${unavailable.reason}` };
   if (state !== 'streaming') return { ready: false, reason: state };
@@ -167,6 +172,7 @@ export function httpHandlers(
         primaryReachable: monitor.reachable(now),
         lastPrimaryContact: monitor.lastContactAt === undefined ? null : new Date(monitor.lastContactAt).toISOString(),
         progress: progressJson(supervisor.engine?.diffProgress?.snapshot(now)),
+        held: supervisor.engine?.held ? heldJson(supervisor.engine.held) : null,
         paused: control.paused ?? null,
         fenced: control.fenced ?? null,
         unreplicable: [...(supervisor.engine?.writer.unreplicable.values() ?? [])]

@@ -3,6 +3,7 @@
  * scope, the writer and the checkpoint chain, the engine's options and its abort signal. The
  * engine is one; tests can drive a step with a context of their own.
  */
+import type { DeleteGuard, DeleteGuardRule, HeldState } from './delete-guard.js';
 import type { Logger } from 'pino';
 import type { EtcdSide } from '../etcd/connection.js';
 import type { Scope } from '../scope.js';
@@ -50,6 +51,10 @@ export interface SyncOptions {
   healDelayMs: number;
   /** Called for every key-value put into the standby, and with each write txn's duration. */
   writerHooks?: WriterHooks;
+  /** This replica, recorded in the held control key. */
+  identity: string;
+  /** Hold before a mass delete on the primary; undefined: off. */
+  deleteGuard: DeleteGuardRule | undefined;
 }
 
 export interface SyncContext {
@@ -69,4 +74,8 @@ export interface SyncContext {
   readonly monitor: PrimaryMonitor;
   /** The primary answered with `revision`; without one, the applied revision moved. */
   notePrimary(revision?: bigint): void;
+  /** Counts the primary's deletes; undefined when --delete-guard is off. */
+  readonly guard: DeleteGuard | undefined;
+  /** Set while the standby holds before a mass delete: nothing repairs it then. */
+  readonly held: HeldState | undefined;
 }

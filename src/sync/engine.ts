@@ -8,7 +8,11 @@
 import type { Logger } from 'pino';
 import { CompactedError, ConfigError, PrimaryChangedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
-import { type Header, readHeader } from '../etcd/kv.js';
+import { type Header, countKeys, readHeader } from '../etcd/kv.js';
+import { WatchStream } from '../etcd/watch.js';
+import { groupOf } from '../diff/report.js';
+import { type ControlKeys, type ControlRecord, controlKeys, describeRecord, encodeControlRecord, readControl } from './control-keys.js';
+import { type DeleteBurst, DeleteBurstError, DeleteGuard, type HeldState, describeBurst } from './delete-guard.js';
 import type { CheckReport } from '../diff/report.js';
 import type { Scope } from '../scope.js';
 import { CheckpointChain, readCheckpoint } from './checkpoint.js';
@@ -24,6 +28,7 @@ import { StreamPipeline, newStreamCounters } from './stream.js';
 import { StandbyWriter } from './writer.js';
 
 export type { SyncOptions } from './context.js';
+export type { HeldState } from './delete-guard.js';
 export type { DiffStats, SyncProgress } from './full-diff.js';
 
 /** Refuses to sync an etcd into itself: the one check `run` makes before campaigning and the engine before its first read. */
@@ -40,7 +45,7 @@ const COMPACTED_DIFF_MAX_PAUSE_MS = 10_000;
 export const RESYNC_REASONS = ['checkpoint-compacted', 'watch-compacted', 'compacted', 'primary-changed', 'other-primary'] as const;
 export type ResyncReason = (typeof RESYNC_REASONS)[number];
 
-export type SyncState = 'starting' | 'replaying' | 'initial-sync' | 'streaming' | 'resyncing' | 'stopped';
+export type SyncState = 'starting' | 'replaying' | 'initial-sync' | 'streaming' | 'resyncing' | 'held' | 'stopped';
 
 export interface SyncHooks {
   onProgress?(progress: SyncProgress): void;
@@ -57,6 +62,12 @@ export class SyncEngine implements SyncContext {
   /** The latest periodic check (with what it repaired). */
   lastCheck: CheckReport | undefined;
   healer: SelfHealer | undefined;
+  /** Set while the delete guard holds the standby. */
+  held: HeldState | undefined;
+  readonly guard: DeleteGuard | undefined;
+  /** In-scope keys of the primary: counted at the start, then each full diff's count (the guard's percentage). */
+  private inScopeKeys = 0;
+  private readonly keys: ControlKeys;
 
   readonly scope: Scope;
   readonly leases: LeaseMapper;
@@ -81,6 +92,8 @@ export class SyncEngine implements SyncContext {
     this.checkpoint = new CheckpointChain(options.checkpointKey, standby, this.writer, log);
     this.pipeline = new StreamPipeline(this, this.counters);
     this.retry = retrier({ log, signal: this.signal });
+    this.keys = controlKeys(options.checkpointKey);
+    this.guard = options.deleteGuard ? new DeleteGuard(options.deleteGuard, this.scope.keyPrefix, () => this.inScopeKeys, (key) => this.scope.inScope(key)) : undefined;
   }
 
   /** Every primary event at or below this revision is applied on the standby. */
@@ -149,6 +162,18 @@ export class SyncEngine implements SyncContext {
     this.retry = retrier({ log: this.log, signal });
     try {
       await this.preflight();
+      const control = await this.retry('read control keys', () => readControl(this.standby, this.keys));
+      if (control.held) {
+        // Held before a mass delete, by this replica or another, before a restart: still held.
+        const stored = await this.retry('read checkpoint', () => readCheckpoint(this.standby, this.options.checkpointKey));
+        if (stored.checkpoint) {
+          this.checkpoint.appliedRevision = stored.checkpoint.revision;
+          this.checkpoint.checkpointedRevision = stored.checkpoint.revision;
+        }
+        await this.holdUntilStopped(control.held);
+        return;
+      }
+      await this.prepareGuard(control.acceptDeletes);
       const stored = await this.retry('read checkpoint', () => readCheckpoint(this.standby, this.options.checkpointKey));
       if (stored.value !== undefined && stored.checkpoint === undefined) this.log.warn('ignoring unreadable checkpoint');
       const checkpoint = stored.checkpoint;
@@ -163,6 +188,10 @@ export class SyncEngine implements SyncContext {
           this.setState('replaying');
           await replay(this, this.pipeline, revision);
         } catch (err) {
+          if (err instanceof DeleteBurstError) {
+            await this.holdUntilStopped(await this.recordHold(err.burst));
+            return;
+          }
           if (err instanceof CompactedError) {
             this.log.warn({ checkpoint: checkpoint.revision.toString(), err: describeError(err) }, 'resync: checkpoint compacted on the primary');
             this.countResync('checkpoint-compacted');
@@ -186,7 +215,13 @@ export class SyncEngine implements SyncContext {
       signal.addEventListener('abort', stopBackground, { once: true });
       const background = this.startBackground(backgroundStop.signal);
       try {
-        await this.streamUntilStopped();
+        try {
+          await this.streamUntilStopped();
+        } catch (err) {
+          if (!(err instanceof DeleteBurstError)) throw err;
+          // The self-healer goes on (restoring the held image); the periodic check waits.
+          await this.holdUntilStopped(await this.recordHold(err.burst));
+        }
       } finally {
         stopBackground();
         signal.removeEventListener('abort', stopBackground);
@@ -211,6 +246,7 @@ export class SyncEngine implements SyncContext {
       try {
         this.diffProgress = new DiffProgress(this.state, revision);
         this.lastDiff = await fullDiff(this, revision, this.options.prune, this.diffProgress, this.hooks.onProgress);
+        this.inScopeKeys = this.lastDiff.equal + this.lastDiff.missing + this.lastDiff.different;
         return this.lastDiff;
       } catch (err) {
         if (!(err instanceof CompactedError)) throw err;
@@ -255,22 +291,118 @@ export class SyncEngine implements SyncContext {
 
   /** Self-healing and the periodic check, until the engine stops. Failures are logged, never fatal. */
   private async startBackground(signal: AbortSignal): Promise<void> {
-    const tasks: Promise<void>[] = [];
-    if (this.options.healDelayMs >= 0) {
-      const healer = new SelfHealer(this.primary, this.standby, this.scope, this.writer, this.log, { delayMs: this.options.healDelayMs, maxTxnBytes: this.options.maxTxnBytes });
-      this.healer = healer;
-      const heal = async (): Promise<void> => {
-        const from = (await retrier({ log: this.log, signal })('read standby revision', () => readHeader(this.standby))).revision + 1n;
-        await healer.run(from, signal);
-      };
-      tasks.push(
-        heal().catch((err: unknown) => {
-          if (!(err instanceof AbortedError)) this.log.error({ err: describeError(err) }, 'self-heal stopped');
-        }),
-      );
-    }
+    const tasks: Promise<void>[] = [this.startHealer(signal, undefined)];
     if (this.options.checkIntervalMs > 0) tasks.push(periodicChecks(this, this.options.checkIntervalMs, signal, (report) => (this.lastCheck = report)));
     await Promise.all(tasks);
+  }
+
+  /** The self-healer until `signal` aborts (restoring the primary's version at `atRevision` while held). Never fails. */
+  private async startHealer(signal: AbortSignal, atRevision: bigint | undefined): Promise<void> {
+    if (this.options.healDelayMs < 0) return;
+    const healer = new SelfHealer(this.primary, this.standby, this.scope, this.writer, this.log, { delayMs: this.options.healDelayMs, maxTxnBytes: this.options.maxTxnBytes });
+    healer.atRevision = atRevision;
+    this.healer = healer;
+    try {
+      const from = (await retrier({ log: this.log, signal })('read standby revision', () => readHeader(this.standby))).revision + 1n;
+      await healer.run(from, signal);
+    } catch (err) {
+      if (!(err instanceof AbortedError)) this.log.error({ err: describeError(err) }, 'self-heal stopped');
+    }
+  }
+
+  /**
+   * The guard's starting point: the in-scope count (the primary's keys under the prefix, until
+   * the full diff counts exactly), and deletes the operator accepted (`resume --accept-deletes`):
+   * every delete up to the primary's revision now passes; the accept record is then removed.
+   */
+  private async prepareGuard(accepted: ControlRecord | undefined): Promise<void> {
+    const guard = this.guard;
+    if (!guard && !accepted) return;
+    const head = await this.retry('read primary revision', () => readHeader(this.primary));
+    if (guard) this.inScopeKeys = await this.retry('count primary keys', () => countKeys(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, revision: head.revision }));
+    if (!accepted) return;
+    if (guard) guard.exemptThrough = head.revision;
+    this.log.warn({ acceptedBy: accepted.by, reason: accepted.reason, heldRevision: accepted.revision, throughRevision: head.revision.toString() }, `applying the held deletes: accepted ${describeRecord(accepted)}`);
+    await this.writer.write([], [{ type: 'delete', key: this.keys.acceptDeletes }]);
+  }
+
+  /** Records the hold (the held control key, behind the leader's fence) and says so in the log. */
+  private async recordHold(burst: DeleteBurst): Promise<ControlRecord> {
+    const record: ControlRecord = { what: 'hold', by: this.options.identity, at: new Date().toISOString(), reason: describeBurst(burst), revision: burst.heldRevision.toString() };
+    await this.writer.write([], [{ type: 'put', key: this.keys.held, value: encodeControlRecord(record) }]);
+    this.log.error(
+      { heldRevision: burst.heldRevision.toString(), burstRevision: burst.burstRevision.toString(), deletes: burst.deletes, threshold: burst.threshold, inScopeKeys: burst.inScopeKeys, rule: burst.rule },
+      `delete guard: holding the standby at primary revision ${burst.heldRevision} before a mass delete: ${describeBurst(burst)}; etcd-sync resume --accept-deletes applies it, etcd-sync promote promotes the image before it`,
+    );
+    return record;
+  }
+
+  /**
+   * Holds: applies nothing, keeps the self-healer restoring the held image, and watches what
+   * waits on the primary (deletes by resource and namespace) until the engine stops. An accept
+   * or a pause ends the supervisor's phase, and the next engine takes it from there.
+   */
+  private async holdUntilStopped(record: ControlRecord): Promise<void> {
+    const revision = BigInt(record.revision ?? this.checkpoint.appliedRevision);
+    this.held = { revision, reason: record.reason, since: record.at, pendingDeletes: 0, pendingPuts: 0, deletesByGroup: new Map(), compacted: false };
+    if (this.healer) this.healer.atRevision = revision;
+    this.setState('held');
+    const healing = this.healer ? undefined : this.startHealer(this.signal, revision);
+    try {
+      await this.watchHeld(this.held);
+    } finally {
+      await healing;
+    }
+  }
+
+  /** Counts the primary's in-scope changes after the held revision, until the engine stops. */
+  private async watchHeld(held: HeldState): Promise<void> {
+    let next = held.revision + 1n;
+    while (!this.signal.aborted) {
+      try {
+        const watch = await this.retry('watch primary', () => WatchStream.open(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: next, silenceTimeoutMs: this.options.primaryTimeoutMs }, this.signal));
+        const onAbort = (): void => watch.close();
+        this.signal.addEventListener('abort', onAbort, { once: true });
+        // A silent primary still answers progress requests: the watch is not taken for dead.
+        const progress = setInterval(() => watch.requestProgress(), this.options.idleProgressMs);
+        try {
+          for await (const message of watch.messages()) {
+            if (message.kind !== 'events') {
+              this.notePrimary(message.revision);
+              continue;
+            }
+            for (const event of message.events) {
+              if (!this.scope.inScope(event.key)) continue;
+              if (event.type === 'put') held.pendingPuts++;
+              else {
+                held.pendingDeletes++;
+                const group = groupOf(event.key, this.scope.keyPrefix);
+                held.deletesByGroup.set(group, (held.deletesByGroup.get(group) ?? 0) + 1);
+              }
+              next = event.modRevision + 1n;
+            }
+            this.notePrimary(message.headerRevision);
+          }
+          if (this.signal.aborted) return;
+        } finally {
+          clearInterval(progress);
+          this.signal.removeEventListener('abort', onAbort);
+          watch.close();
+        }
+      } catch (err) {
+        if (err instanceof AbortedError || this.signal.aborted) return;
+        if (err instanceof CompactedError) {
+          if (!held.compacted) {
+            held.compacted = true;
+            this.log.error(
+              { heldRevision: held.revision.toString(), err: describeError(err) },
+              `delete guard: the primary compacted past the held revision ${held.revision}: the held deletes can no longer be replayed; the held image stays intact, and only resume --accept-deletes (a full resync; then check --repair --prune removes what the burst deleted) or promote remain`,
+            );
+          }
+        } else this.log.warn({ err: describeError(err) }, 'delete guard: watching the primary while held failed, retrying');
+        if (!(await delay(held.compacted ? 60_000 : 1_000, this.signal))) return;
+      }
+    }
   }
 
   /** Refuses to sync an etcd into itself; records the primary's cluster ID. */

@@ -45,6 +45,11 @@ interface KeyState {
 export class SelfHealer {
   /** Keys put back so far. */
   heals = 0;
+  /**
+   * Restores the primary's version at this revision instead of its latest: while the standby
+   * holds before a mass delete, it stays the primary's image there (the burst's keys included).
+   */
+  atRevision: bigint | undefined;
   private readonly keys = new Map<string, KeyState>();
   /** Keys whose delay is over, waiting for the drain. */
   private readonly due = new Map<string, KeyState>();
@@ -199,7 +204,7 @@ export class SelfHealer {
     // Read first: a standby copy modified after it (by the stream, say) is newer than the
     // primary's version read here, and the restore leaves it alone.
     const standbyRevision = (await readHeader(this.standby)).revision;
-    const [p, s] = await Promise.all([getMany(this.primary, keys, this.writer.maxTxnOps), getMany(this.standby, keys, this.writer.maxTxnOps)]);
+    const [p, s] = await Promise.all([getMany(this.primary, keys, this.writer.maxTxnOps, this.atRevision), getMany(this.standby, keys, this.writer.maxTxnOps)]);
     const restores: WriteOp[] = [];
     for (const id of batch.keys()) {
       const wanted = p.get(id);

@@ -14,6 +14,8 @@ export async function periodicChecks(ctx: SyncContext, intervalMs: number, signa
   const { log, options } = ctx;
   const retry = retrier({ log, signal });
   while (await delay(intervalMs, signal)) {
+    // Held before a mass delete: a repair would apply the held deletes through the back door.
+    if (ctx.held) continue;
     try {
       let report = await audit(ctx.primary, ctx.standby, { scope: ctx.scope, checkpointKey: options.checkpointKey, pageSize: options.pageSize, maxTxnOps: options.maxTxnOps, settleMs: options.settleMs, retry, signal });
       const counts = { missing: report.findings.missing.length, surplus: report.findings.surplus.length, different: report.findings.different.length };

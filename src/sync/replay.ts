@@ -12,6 +12,7 @@
  */
 import { type WatchEvent, WatchStream } from '../etcd/watch.js';
 import type { SyncContext } from './context.js';
+import { DeleteBurstError } from './delete-guard.js';
 import { AbortedError } from './retry.js';
 import type { StreamPipeline } from './stream.js';
 
@@ -54,7 +55,9 @@ async function replayWindows(ctx: SyncContext, pipeline: StreamPipeline, until: 
   };
   launch();
   for (let head = inFlight.shift(); head !== undefined; head = inFlight.shift()) {
-    const events = await head.events;
+    let events = await head.events;
+    const verdict = pipeline.guard(events);
+    if (verdict) events = events.slice(0, verdict.cut);
     pipeline.counters.replayWindowsFetched++;
     let bytes = 0;
     for (const e of events) bytes += e.key.length + e.value.length;
@@ -66,6 +69,12 @@ async function replayWindows(ctx: SyncContext, pipeline: StreamPipeline, until: 
       // slower, most reaching etcd before their predecessor and sent again (bench/HISTORY.md).
       await pipeline.complete(pipeline.send(batch, false));
       done += batch.consumed;
+    }
+    if (verdict) {
+      // Applied up to the revision before the burst: the primary's image there.
+      if (verdict.burst.heldRevision > checkpoint.appliedRevision) checkpoint.appliedRevision = verdict.burst.heldRevision;
+      await checkpoint.writeIfBehind();
+      throw new DeleteBurstError(verdict.burst);
     }
     if (head.to > checkpoint.appliedRevision) checkpoint.appliedRevision = head.to;
     ctx.notePrimary();

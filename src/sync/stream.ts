@@ -12,6 +12,7 @@ import { type WatchEvent, WatchStream } from '../etcd/watch.js';
 import { type EventBatch, headOfWholeRevisions, opBytes, takeEventBatch } from './batch.js';
 import type { CheckpointPut } from './checkpoint.js';
 import type { SyncContext } from './context.js';
+import { type DeleteBurst, DeleteBurstError } from './delete-guard.js';
 import { AbortedError, delay } from './retry.js';
 
 /** What the pipeline has done, for metrics and tests. */
@@ -72,6 +73,19 @@ export class StreamPipeline {
     }
   }
 
+  /**
+   * The delete guard's verdict on events just read (those past `until` are never applied here,
+   * so not counted): where to cut, or undefined to take them all.
+   */
+  guard(events: readonly WatchEvent[], until?: bigint): { cut: number; burst: DeleteBurst } | undefined {
+    const guard = this.ctx.guard;
+    if (!guard) return undefined;
+    if (until === undefined) return guard.admit(events);
+    let end = 0;
+    while (end < events.length && (events[end] as WatchEvent).modRevision <= until) end++;
+    return guard.admit(end < events.length ? events.slice(0, end) : events);
+  }
+
   /** The next txn's worth of whole revisions from the head of `events`, coalesced. */
   takeBatch(events: readonly WatchEvent[]): EventBatch {
     const maxOps = this.ctx.writer.opsPerTxn - 1;
@@ -104,7 +118,7 @@ export class StreamPipeline {
         const done = await this.consume(watch, until);
         if (done) return;
       } catch (err) {
-        if (err instanceof CompactedError || err instanceof AbortedError) throw err;
+        if (err instanceof CompactedError || err instanceof AbortedError || err instanceof DeleteBurstError) throw err;
         if (!(err as { retryable?: boolean }).retryable) throw err;
         ctx.log.warn({ appliedRevision: this.applied.toString(), err: describeError(err) }, 'watch stream broke, resuming from applied revision');
         this.counters.watchRestarts++;
@@ -131,10 +145,19 @@ export class StreamPipeline {
       wake = undefined;
     };
     let lastEventAt = Date.now();
+    /** The delete guard tripped: nothing from burst.burstRevision on is queued or read. */
+    let burst: DeleteBurst | undefined;
     const reader = (async () => {
       try {
         for await (const message of watch.messages()) {
           if (message.kind === 'events') {
+            const verdict = this.guard(message.events, until);
+            if (verdict) {
+              queue.push(...message.events.slice(0, verdict.cut));
+              burst = verdict.burst;
+              notify();
+              return;
+            }
             queue.push(...message.events);
             lastEventAt = Date.now();
             const last = message.events[message.events.length - 1];
@@ -204,6 +227,13 @@ export class StreamPipeline {
           await this.complete(head);
           if (ctx.signal.aborted) return false;
           continue;
+        }
+        if (burst && queue.length === 0) {
+          // Everything before the burst's revision is applied; the watch covers the whole
+          // prefix, so the standby is the primary's image at the revision before it.
+          if (burst.heldRevision > checkpoint.appliedRevision) checkpoint.appliedRevision = burst.heldRevision;
+          await checkpoint.writeIfBehind();
+          throw new DeleteBurstError(burst);
         }
         // Only events past `until` are left: the replay is complete.
         if (until !== undefined && queue.length > 0) {

@@ -15,6 +15,7 @@ import { type ControlKeys, type ControlState, type LeaderStatus, describeRecord,
 import type { PrimaryMonitor } from './primary-monitor.js';
 import type { SyncEngine } from './engine.js';
 import { progressFields } from './full-diff.js';
+import { heldJson } from './delete-guard.js';
 import type { Fence } from './writer.js';
 
 export type Role = 'leader' | 'follower';
@@ -276,6 +277,7 @@ export class Supervisor {
       lastPrimaryContact: m.lastContactAt === undefined ? null : new Date(m.lastContactAt).toISOString(),
       at: new Date(now).toISOString(),
       ...(progress && progress.finishedAt === undefined ? { progress: progressFields(progress) } : {}),
+      ...(this.engine?.held ? { held: heldJson(this.engine.held) } : {}),
     };
   }
 
@@ -308,14 +310,21 @@ export class Supervisor {
     }
   }
 
-  /** Ends the phase when the pause or fence toggle differs from what the phase started with. */
+  /**
+   * Ends the phase when the pause or fence toggle differs from what the phase started with, or
+   * when a hold is lifted (`resume --accept-deletes`: the next engine applies the deletes). A
+   * hold the engine itself records does not end it.
+   */
   private async watchControl(started: ControlState, phase: AbortController): Promise<void> {
+    let held = started.held !== undefined;
     while (await delay(this.pollMs, phase.signal)) {
       try {
         const now = await readControl(this.standby, this.options.keys);
         this.control = now;
         this.standbyContactAt = Date.now();
-        if (!now.paused !== !started.paused || !now.fenced !== !started.fenced) {
+        const lifted = held && now.held === undefined;
+        held = now.held !== undefined;
+        if (!now.paused !== !started.paused || !now.fenced !== !started.fenced || lifted) {
           phase.abort();
           return;
         }

@@ -20,19 +20,19 @@ export interface Entry {
   lease: string;
 }
 
-/** Every key under `prefix` (default the whole keyspace), by latin1 key. */
-export async function snapshot(client: Etcd3, prefix?: Buffer): Promise<Map<string, Entry>> {
+/** Every key under `prefix` (default the whole keyspace), by latin1 key; at `revision` when given. */
+export async function snapshot(client: Etcd3, prefix?: Buffer, revision?: bigint): Promise<Map<string, Entry>> {
   const key = prefix ?? Buffer.from([0]);
   const rangeEnd = prefix ? prefixEnd(prefix) : Buffer.from([0]);
-  const res = await client.kv.range({ key, range_end: rangeEnd });
+  const res = await client.kv.range({ key, range_end: rangeEnd, ...(revision !== undefined ? { revision: revision.toString() } : {}) });
   const out = new Map<string, Entry>();
   for (const kv of res.kvs) out.set(kv.key.toString('latin1'), { value: kv.value, lease: kv.lease });
   return out;
 }
 
 /** In-scope keys with their values (hex), for exact comparisons with clear diffs. */
-export async function inScope(client: Etcd3, scope = new Scope(defaultScopeRules())): Promise<Record<string, string>> {
-  const all = await snapshot(client, scope.keyPrefix);
+export async function inScope(client: Etcd3, scope = new Scope(defaultScopeRules()), revision?: bigint): Promise<Record<string, string>> {
+  const all = await snapshot(client, scope.keyPrefix, revision);
   const out: Record<string, string> = {};
   for (const [k, e] of [...all.entries()].sort()) {
     if (scope.inScope(Buffer.from(k, 'latin1'))) out[k] = e.value.toString('hex');

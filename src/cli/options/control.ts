@@ -46,6 +46,8 @@ export interface ControlConfig {
   /** promote's final check compares this scope; the other commands compare nothing. */
   scope?: ScopeRules;
   force: boolean;
+  /** resume: apply the deletes the delete guard holds back. */
+  acceptDeletes: boolean;
   dryRun: boolean;
   /** Why, recorded with the actor by pause, resume, promote and unfence. */
   reason: string;
@@ -84,6 +86,7 @@ export function addControlOptions(command: ControlCommand): (cmd: Command) => Co
             .default(CONTROL_DEFAULTS.waitMs, durationText(CONTROL_DEFAULTS.waitMs)),
         );
     }
+    if (command === 'resume') cmd.addOption(new Option('--accept-deletes', 'the standby holds before a mass delete (state held): apply the held deletes and go on streaming'));
     if (command === 'status') {
       cmd
         .addOption(new Option('--ready-max-lag <revisions>', 'exit 0 only when the lag is at most this').argParser(nonNegativeInt('--ready-max-lag')).default(RUN_DEFAULTS.readyMaxLag));
@@ -114,6 +117,7 @@ export function controlConfig(command: ControlCommand, options: Options): Contro
     checkpointKey,
     ...(scope ? { scope } : {}),
     force: options.force === true,
+    acceptDeletes: options.acceptDeletes === true,
     dryRun: options.dryRun === true,
     reason: str(options, 'reason') ?? '',
     waitMs: command === 'promote' ? given(options, 'wait') : 0,

@@ -4,6 +4,7 @@ import { ConfigError } from '../../errors.js';
 import type { EtcdSideConfig } from '../../etcd/connection.js';
 import type { Scope, ScopeRules } from '../../scope.js';
 import type { SyncOptions } from '../../sync/engine.js';
+import { type DeleteGuardRule, parseDeleteGuard } from '../../sync/delete-guard.js';
 import { CHECK_DEFAULTS } from './check.js';
 import {
   type Options,
@@ -69,6 +70,15 @@ export const RUN_DEFAULTS = {
    * @default 15s
    */
   primaryTimeoutMs: 15_000,
+  /**
+   * The delete guard: hold the standby before a mass delete on the primary. Deletes of in-scope
+   * keys (Events not counted) over a sliding window; a percentage of the in-scope keys never
+   * means fewer than 100 keys. 5 % a minute: ordinary churn of the suite's Kubernetes-shaped
+   * workload stays far below it, `kubectl delete ns` of a namespace holding a twentieth of the
+   * cluster trips it (docs/operations.md, "Delete guard").
+   * @default '5%/1m'
+   */
+  deleteGuard: '5%/1m',
   /** @default 'info' */
   logLevel: 'info',
 } as const;
@@ -77,6 +87,8 @@ export const RUN_DEFAULTS = {
 export const RUN_LIMITS = {
   /** --check-interval: a full audit of both etcds at most once a second (0 turns it off). */
   checkIntervalMinMs: 1_000,
+  /** A guard window shorter than a second counts almost nothing. */
+  deleteGuardWindowMinMs: 1_000,
   /** --heal-delay: a key changed on the standby is looked at no sooner than this. */
   healDelayMinMs: 100,
   /** --primary-timeout: shorter takes a primary's ordinary pauses for an outage. */
@@ -129,12 +141,19 @@ export interface RunConfig extends WriteConfig {
   httpCheck: boolean;
   /** Log lines as text (readable, with a progress line) or JSON. */
   output: OutputFormat;
+  /** undefined: the guard is off. */
+  deleteGuard: DeleteGuardRule | undefined;
 }
 
 export function addRunOptions(cmd: Command): Command {
   const d = RUN_DEFAULTS;
   cmd
     .addOption(new Option('-o, --output <format>', 'log lines: text (readable, with a progress line) or json (default: text on a terminal, json otherwise)').choices(OUTPUT_FORMATS))
+    .addOption(
+      new Option('--delete-guard <threshold/window>', 'hold the standby before a mass delete on the primary: <percent>%/<window> of the in-scope keys, <keys>/<window>, or off').default(
+        d.deleteGuard,
+      ),
+    )
     .addOption(new Option('--prune', 'delete in-scope keys that only the standby has (default: log and count them)'))
     .addOption(new Option('--check-interval <duration>', 'periodic consistency check and repair; 0 turns it off').argParser(parseDuration('--check-interval', { minMs: RUN_LIMITS.checkIntervalMinMs, zeroMeansOff: true })).default(d.checkIntervalMs, durationText(d.checkIntervalMs)))
     .addOption(new Option('--http-address <host:port>', 'serve /metrics, /healthz, /readyz, /status, /check here; "off" for none').default(d.httpAddress))
@@ -164,6 +183,14 @@ export function addRunOptions(cmd: Command): Command {
 /** --primary-timeout (bounded by its parser: RUN_LIMITS). */
 export function primaryTimeout(options: Options): number {
   return given<number>(options, 'primaryTimeout');
+}
+
+function deleteGuardConfig(options: Options): DeleteGuardRule | undefined {
+  try {
+    return parseDeleteGuard(given<string>(options, 'deleteGuard'), parseDuration('--delete-guard', { minMs: RUN_LIMITS.deleteGuardWindowMinMs }));
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
 }
 
 function httpAddress(options: Options): string | undefined {
@@ -200,6 +227,7 @@ export function runConfig(options: Options, edge: { identity: string; version: s
     primaryTimeoutMs: primaryTimeout(options),
     httpCheck: given<string>(options, 'httpCheck') === 'on',
     output: str(options, 'output') === 'json' || (str(options, 'output') === undefined && !edge.tty) ? 'json' : 'text',
+    deleteGuard: deleteGuardConfig(options),
   };
 }
 
@@ -230,5 +258,7 @@ export function syncOptions(config: RunConfig, scope: Scope): SyncOptions {
     progressIntervalMs: SYNC_TUNING.progressIntervalMs,
     idleProgressMs: livenessInterval(SYNC_TUNING.idleProgressMs, config.primaryTimeoutMs),
     primaryTimeoutMs: config.primaryTimeoutMs,
+    identity: config.identity,
+    deleteGuard: config.deleteGuard,
   };
 }
