@@ -2,7 +2,7 @@
  * `npm run demo [-- --port-base N] [-- --keep]`: the whole disaster-recovery loop on two local
  * etcd servers, site A (primary) and site B (standby), with the real CLI. Every etcd-sync and
  * etcdctl command is printed as it runs, ready to copy: sync → drift → check → pause/resume →
- * promote → role reversal → failback. --port-base N puts A's etcd on N (peer N+1), B's on N+2
+ * the delete guard → promote → role reversal → failback. --port-base N puts A's etcd on N (peer N+1), B's on N+2
  * (N+3), the daemons' HTTP on N+4 and N+5; without it, free ports. --keep leaves both etcds
  * running at the end, with commands to try by hand.
  */
@@ -89,6 +89,13 @@ async function startDaemon(name: string, primary: EtcdServer, standby: EtcdServe
     const st = await status();
     return st.role === 'leader' && st.state === 'streaming' && st.ready.ready;
   }, { timeoutMs: 60_000, message: `${name} never streamed:\n${cli.output().slice(-2000)}` });
+  // `etcd-sync status` reads what the leader publishes in the standby (on every change of state).
+  const published = standby.client();
+  try {
+    await waitFor(async () => (JSON.parse((await snapshot(published)).get('/etcd-sync/status')?.value.toString() ?? '{}') as { state?: string }).state === 'streaming', { timeoutMs: 20_000 });
+  } finally {
+    published.close();
+  }
   const p = (await status()).progress;
   say(`    ${name} leads and streams; initial sync: ${p?.keysDone} of ${p?.keysTotal} primary keys read (${p?.percent}%); curl -s http://127.0.0.1:${httpPort}/status`);
   return { cli, args };
@@ -159,7 +166,18 @@ async function main(): Promise<void> {
     await waitInSync(ca, cb);
     await etcdSync(['check', '--primary-endpoints', a.endpoint, '--standby-endpoints', b.endpoint], 0);
 
-    step("5. planned switchover: A's apiservers stopped (no more writes), then promote B");
+    step('5. the delete guard: a mass delete on A is held back, the operator decides');
+    await ca.delete().prefix('/registry/configmaps/apps/cm-1').exec();
+    say('  on A: 1111 ConfigMaps deleted in one request (55 % of the keys; --delete-guard is 5%/1m)');
+    await waitFor(async () => ((await (await fetch(`http://127.0.0.1:${httpB}/status`)).json()) as { state: string }).state === 'held', { timeoutMs: 20_000 });
+    await etcdSync(['status', '--standby-endpoints', b.endpoint], 1);
+    say('  B still has every ConfigMap: the image of A before the delete. Here the deletes were meant:');
+    await etcdSync(['resume', '--standby-endpoints', b.endpoint, '--accept-deletes', '--reason', 'demo: retiring cm-1*'], 0);
+    await waitInSync(ca, cb);
+    await waitFor(async () => ((await (await fetch(`http://127.0.0.1:${httpB}/status`)).json()) as { state: string }).state === 'streaming', { timeoutMs: 20_000 });
+    say('  B applied the deletes and streams again (with a disaster, `etcd-sync promote` would have promoted the image instead)');
+
+    step("6. planned switchover: A's apiservers stopped (no more writes), then promote B");
     await etcdSync(['promote', '--standby-endpoints', b.endpoint, '--primary-endpoints', a.endpoint, '--reason', 'demo: planned switchover', '--wait', '30s'], 0);
     await waitFor(async () => ((await (await fetch(`http://127.0.0.1:${httpB}/status`)).json()) as { state: string }).state === 'fenced', { timeoutMs: 10_000 });
     say('  the daemon on B now reports state fenced and writes nothing; it is scaled down:');
@@ -168,7 +186,7 @@ async function main(): Promise<void> {
     await cb.put('/registry/deployments/apps/api').value('Deployment apps/api v2, written on B after the failover').exec();
     say('  B serves: its apiservers write (Deployment apps/api v2)');
 
-    step('6. role reversal: A becomes the standby of B');
+    step('7. role reversal: A becomes the standby of B');
     await etcdSync(['unfence', '--standby-endpoints', a.endpoint, '--reason', 'demo: A becomes the standby'], 0);
     await etcdctl(a.endpoint, ['del', '--prefix', '/etcd-sync/checkpoint'], ca);
     await etcdctl(b.endpoint, ['del', '--prefix', '/etcd-sync/checkpoint'], cb);
@@ -179,7 +197,7 @@ async function main(): Promise<void> {
     await waitInSync(cb, ca);
     await etcdSync(['check', '--primary-endpoints', b.endpoint, '--standby-endpoints', a.endpoint], 0);
 
-    step('7. failback: a planned switchover from B to A, and the same reversal with the sites swapped');
+    step('8. failback: a planned switchover from B to A, and the same reversal with the sites swapped');
     await etcdSync(['promote', '--standby-endpoints', a.endpoint, '--primary-endpoints', b.endpoint, '--reason', 'demo: failback', '--wait', '30s'], 0);
     await stopDaemon(syncA, 'site-a-0');
     daemons.pop();

@@ -9,10 +9,9 @@ import type { Logger } from 'pino';
 import { CompactedError, ConfigError, PrimaryChangedError, describeError } from '../errors.js';
 import type { EtcdSide } from '../etcd/connection.js';
 import { type Header, countKeys, readHeader } from '../etcd/kv.js';
-import { WatchStream } from '../etcd/watch.js';
-import { groupOf } from '../diff/report.js';
-import { type ControlKeys, type ControlRecord, controlKeys, describeRecord, encodeControlRecord, readControl } from './control-keys.js';
-import { type DeleteBurst, DeleteBurstError, DeleteGuard, type HeldState, describeBurst } from './delete-guard.js';
+import { type ControlKeys, type ControlRecord, controlKeys, describeRecord, readControl } from './control-keys.js';
+import { DeleteBurstError, DeleteGuard, type HeldState } from './delete-guard.js';
+import { recordHold, watchHeld } from './hold.js';
 import type { CheckReport } from '../diff/report.js';
 import type { Scope } from '../scope.js';
 import { CheckpointChain, readCheckpoint } from './checkpoint.js';
@@ -189,7 +188,7 @@ export class SyncEngine implements SyncContext {
           await replay(this, this.pipeline, revision);
         } catch (err) {
           if (err instanceof DeleteBurstError) {
-            await this.holdUntilStopped(await this.recordHold(err.burst));
+            await this.holdUntilStopped(await recordHold(this, this.keys, err.burst));
             return;
           }
           if (err instanceof CompactedError) {
@@ -220,7 +219,7 @@ export class SyncEngine implements SyncContext {
         } catch (err) {
           if (!(err instanceof DeleteBurstError)) throw err;
           // The self-healer goes on (restoring the held image); the periodic check waits.
-          await this.holdUntilStopped(await this.recordHold(err.burst));
+          await this.holdUntilStopped(await recordHold(this, this.keys, err.burst));
         }
       } finally {
         stopBackground();
@@ -326,17 +325,6 @@ export class SyncEngine implements SyncContext {
     await this.writer.write([], [{ type: 'delete', key: this.keys.acceptDeletes }]);
   }
 
-  /** Records the hold (the held control key, behind the leader's fence) and says so in the log. */
-  private async recordHold(burst: DeleteBurst): Promise<ControlRecord> {
-    const record: ControlRecord = { what: 'hold', by: this.options.identity, at: new Date().toISOString(), reason: describeBurst(burst), revision: burst.heldRevision.toString() };
-    await this.writer.write([], [{ type: 'put', key: this.keys.held, value: encodeControlRecord(record) }]);
-    this.log.error(
-      { heldRevision: burst.heldRevision.toString(), burstRevision: burst.burstRevision.toString(), deletes: burst.deletes, threshold: burst.threshold, inScopeKeys: burst.inScopeKeys, rule: burst.rule },
-      `delete guard: holding the standby at primary revision ${burst.heldRevision} before a mass delete: ${describeBurst(burst)}; etcd-sync resume --accept-deletes applies it, etcd-sync promote promotes the image before it`,
-    );
-    return record;
-  }
-
   /**
    * Holds: applies nothing, keeps the self-healer restoring the held image, and watches what
    * waits on the primary (deletes by resource and namespace) until the engine stops. An accept
@@ -349,59 +337,9 @@ export class SyncEngine implements SyncContext {
     this.setState('held');
     const healing = this.healer ? undefined : this.startHealer(this.signal, revision);
     try {
-      await this.watchHeld(this.held);
+      await watchHeld(this, this.held);
     } finally {
       await healing;
-    }
-  }
-
-  /** Counts the primary's in-scope changes after the held revision, until the engine stops. */
-  private async watchHeld(held: HeldState): Promise<void> {
-    let next = held.revision + 1n;
-    while (!this.signal.aborted) {
-      try {
-        const watch = await this.retry('watch primary', () => WatchStream.open(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, startRevision: next, silenceTimeoutMs: this.options.primaryTimeoutMs }, this.signal));
-        const onAbort = (): void => watch.close();
-        this.signal.addEventListener('abort', onAbort, { once: true });
-        // A silent primary still answers progress requests: the watch is not taken for dead.
-        const progress = setInterval(() => watch.requestProgress(), this.options.idleProgressMs);
-        try {
-          for await (const message of watch.messages()) {
-            if (message.kind !== 'events') {
-              this.notePrimary(message.revision);
-              continue;
-            }
-            for (const event of message.events) {
-              if (!this.scope.inScope(event.key)) continue;
-              if (event.type === 'put') held.pendingPuts++;
-              else {
-                held.pendingDeletes++;
-                const group = groupOf(event.key, this.scope.keyPrefix);
-                held.deletesByGroup.set(group, (held.deletesByGroup.get(group) ?? 0) + 1);
-              }
-              next = event.modRevision + 1n;
-            }
-            this.notePrimary(message.headerRevision);
-          }
-          if (this.signal.aborted) return;
-        } finally {
-          clearInterval(progress);
-          this.signal.removeEventListener('abort', onAbort);
-          watch.close();
-        }
-      } catch (err) {
-        if (err instanceof AbortedError || this.signal.aborted) return;
-        if (err instanceof CompactedError) {
-          if (!held.compacted) {
-            held.compacted = true;
-            this.log.error(
-              { heldRevision: held.revision.toString(), err: describeError(err) },
-              `delete guard: the primary compacted past the held revision ${held.revision}: the held deletes can no longer be replayed; the held image stays intact, and only resume --accept-deletes (a full resync; then check --repair --prune removes what the burst deleted) or promote remain`,
-            );
-          }
-        } else this.log.warn({ err: describeError(err) }, 'delete guard: watching the primary while held failed, retrying');
-        if (!(await delay(held.compacted ? 60_000 : 1_000, this.signal))) return;
-      }
     }
   }
 

@@ -181,6 +181,8 @@ export class Supervisor {
     const onAbort = (): void => stepDown.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     this.role = 'leader';
+    // Not 'follower' in what it publishes for the moment before its engine starts.
+    this.phase = 'starting';
     this.leaderIdentity = this.options.identity;
     this.log.info({ identity: this.options.identity, leaseTtlSeconds: this.ttl }, 'acquired leadership');
     let lost: string | undefined;
