@@ -51,6 +51,20 @@ describe('-o, --output', () => {
   });
 });
 
+describe('--delete-guard', () => {
+  it('default 5%/1m; off; a number of keys; a bad value is one line naming the flag', () => {
+    const guard = (args: string[]): unknown => {
+      const r = parseRun(args);
+      return typeof r === 'string' ? r : r.deleteGuard;
+    };
+    expect(guard([])).toEqual({ keys: 100, percent: 5, windowMs: 60_000, text: '5%/1m' });
+    expect(guard(['--delete-guard', 'off'])).toBeUndefined();
+    expect(guard(['--delete-guard', '2000/5m'])).toEqual({ keys: 2000, percent: undefined, windowMs: 300_000, text: '2000/5m' });
+    expect(guard(['--delete-guard', '5%'])).toBe("--delete-guard must be off, <keys>/<window> or <percent>%/<window> (e.g. 5%/1m or 2000/5m), not '5%'");
+    expect(guard(['--delete-guard', '5%/500ms'])).toBe('--delete-guard must be at least 1s, not 500ms.');
+  });
+});
+
 describe('duration flags', () => {
   it.each([
     [['--check-interval', '600h'], "error: option '--check-interval <duration>' argument '600h' is invalid. --check-interval must be at most 596h (about 24 days), not 600h."],

@@ -5,6 +5,7 @@
  */
 import { groupOf } from '../diff/report.js';
 import { CompactedError, describeError } from '../errors.js';
+import { countKeys } from '../etcd/kv.js';
 import { WatchStream } from '../etcd/watch.js';
 import { type ControlKeys, type ControlRecord, encodeControlRecord } from './control-keys.js';
 import type { SyncContext } from './context.js';
@@ -22,8 +23,53 @@ export async function recordHold(ctx: SyncContext, keys: ControlKeys, burst: Del
   return record;
 }
 
-/** Counts the primary's in-scope changes after the held revision, until the engine stops. */
+/** How often a hold looks whether the primary compacted past the held revision. */
+const COMPACTION_PROBE_MS = 5_000;
+
+/**
+ * Whether the primary still has the held revision: a count of the one prefix key at that
+ * revision (no value read), which etcd refuses once compacted past it.
+ */
+async function stillHasRevision(ctx: SyncContext, revision: bigint): Promise<boolean> {
+  try {
+    await countKeys(ctx.primary, { key: ctx.scope.keyPrefix, rangeEnd: Buffer.concat([ctx.scope.keyPrefix, Buffer.from([0])]), revision });
+    return true;
+  } catch (err) {
+    if (err instanceof CompactedError) return false;
+    throw err;
+  }
+}
+
+/** Says, once and loudly, that the primary compacted past the held revision. */
+function noteCompacted(ctx: SyncContext, held: HeldState, err: unknown): void {
+  if (held.compacted) return;
+  held.compacted = true;
+  ctx.log.error(
+    { heldRevision: held.revision.toString(), err: describeError(err) },
+    `delete guard: the primary compacted past the held revision ${held.revision}: the held deletes can no longer be replayed; the held image stays intact, and only resume --accept-deletes (a full resync; then check --repair --prune removes what the burst deleted) or promote remain`,
+  );
+}
+
+/** Counts the primary's in-scope changes after the held revision, and looks for its compaction, until the engine stops. */
 export async function watchHeld(ctx: SyncContext, held: HeldState): Promise<void> {
+  const probing = (async () => {
+    while (!held.compacted && (await delay(COMPACTION_PROBE_MS, ctx.signal))) {
+      try {
+        if (!(await stillHasRevision(ctx, held.revision))) noteCompacted(ctx, held, new CompactedError(`primary revision ${held.revision} compacted`, undefined));
+      } catch {
+        // An unreachable primary shows in primary_up and the lag.
+      }
+    }
+  })();
+  try {
+    await watchPending(ctx, held);
+  } finally {
+    await probing;
+  }
+}
+
+/** Counts the primary's in-scope changes after the held revision, until the engine stops. */
+async function watchPending(ctx: SyncContext, held: HeldState): Promise<void> {
   let next = held.revision + 1n;
   while (!ctx.signal.aborted) {
     try {
@@ -58,15 +104,8 @@ export async function watchHeld(ctx: SyncContext, held: HeldState): Promise<void
       }
     } catch (err) {
       if (err instanceof AbortedError || ctx.signal.aborted) return;
-      if (err instanceof CompactedError) {
-        if (!held.compacted) {
-          held.compacted = true;
-          ctx.log.error(
-            { heldRevision: held.revision.toString(), err: describeError(err) },
-            `delete guard: the primary compacted past the held revision ${held.revision}: the held deletes can no longer be replayed; the held image stays intact, and only resume --accept-deletes (a full resync; then check --repair --prune removes what the burst deleted) or promote remain`,
-          );
-        }
-      } else ctx.log.warn({ err: describeError(err) }, 'delete guard: watching the primary while held failed, retrying');
+      if (err instanceof CompactedError) noteCompacted(ctx, held, err);
+      else ctx.log.warn({ err: describeError(err) }, 'delete guard: watching the primary while held failed, retrying');
       if (!(await delay(held.compacted ? 60_000 : 1_000, ctx.signal))) return;
     }
   }
