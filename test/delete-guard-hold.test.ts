@@ -26,7 +26,8 @@ describe('the delete guard holds the standby before a mass delete', () => {
 
   const start = async (): Promise<void> => {
     // The default guard (5%/1m: here the floor of 100 deletes a minute, 5 % of 1000 being 50).
-    sync = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--identity', 'guard-0', '--heal-delay', '200ms', '--lease-ttl', '5']);
+    // A periodic check every second: while held it must not repair (it would put the keys written after the burst).
+    sync = runCli(['run', ...primary.cliArgs('primary'), ...standby.cliArgs('standby'), '--identity', 'guard-0', '--heal-delay', '200ms', '--lease-ttl', '5', '--check-interval', '1s']);
     await sync.waitForLog('http listening');
     port = httpPort(sync);
   };
@@ -115,6 +116,10 @@ describe('the delete guard holds the standby before a mass delete', () => {
     expect(repair.code).toBe(2);
     expect(repair.out).toMatch(/^etcd-sync: the standby holds before a mass delete on the primary \(300 deletes crossed .*\): a repair would apply the held deletes; etcd-sync resume --accept-deletes, or promote\n$/m);
 
+    // Seconds of periodic checks while held: none ran a repair (the key written after the burst is still not on the standby).
+    await waitFor(async () => (await status()).held.pendingPuts === 1, { timeoutMs: 10_000 });
+    expect((await snapshot(s)).has('/registry/configmaps/apps-9/after-burst')).toBe(false);
+    expect(sync.output()).not.toContain('periodic check repaired');
     // Killed and started again: still held, nothing applied.
     sync.child.kill('SIGKILL');
     await sync.exited;
