@@ -82,6 +82,8 @@ export class DeleteGuard {
   exemptThrough = 0n;
   /** Deletes per admitted revision, oldest first, with when they arrived. */
   private readonly recent: { at: number; deletes: number }[] = [];
+  /** The sum of `recent` (kept, not summed per call: admit runs for every watch message). */
+  private inWindow = 0;
 
   constructor(
     readonly rule: DeleteGuardRule,
@@ -113,8 +115,7 @@ export class DeleteGuard {
    */
   admit(events: readonly WatchEvent[], now = Date.now()): { cut: number; burst: DeleteBurst } | undefined {
     const from = now - this.rule.windowMs;
-    while (this.recent.length > 0 && (this.recent[0] as { at: number }).at <= from) this.recent.shift();
-    let inWindow = this.recent.reduce((sum, r) => sum + r.deletes, 0);
+    while (this.recent.length > 0 && (this.recent[0] as { at: number }).at <= from) this.inWindow -= (this.recent.shift() as { deletes: number }).deletes;
     for (let i = 0; i < events.length; ) {
       const revision = (events[i] as WatchEvent).modRevision;
       let end = i;
@@ -122,13 +123,13 @@ export class DeleteGuard {
       for (; end < events.length && (events[end] as WatchEvent).modRevision === revision; end++) if (this.counts(events[end] as WatchEvent)) deletes++;
       if (deletes > 0) {
         const threshold = this.threshold();
-        if (inWindow + deletes > threshold) {
+        if (this.inWindow + deletes > threshold) {
           return {
             cut: i,
-            burst: { burstRevision: revision, heldRevision: revision - 1n, deletes: inWindow + deletes, threshold, inScopeKeys: this.inScopeKeys(), rule: this.rule.text },
+            burst: { burstRevision: revision, heldRevision: revision - 1n, deletes: this.inWindow + deletes, threshold, inScopeKeys: this.inScopeKeys(), rule: this.rule.text },
           };
         }
-        inWindow += deletes;
+        this.inWindow += deletes;
         this.recent.push({ at: now, deletes });
       }
       i = end;

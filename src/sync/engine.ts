@@ -162,18 +162,19 @@ export class SyncEngine implements SyncContext {
     try {
       await this.preflight();
       const control = await this.retry('read control keys', () => readControl(this.standby, this.keys));
+      const stored = await this.retry('read checkpoint', () => readCheckpoint(this.standby, this.options.checkpointKey));
       if (control.held) {
         // Held before a mass delete, by this replica or another, before a restart: still held.
-        const stored = await this.retry('read checkpoint', () => readCheckpoint(this.standby, this.options.checkpointKey));
         if (stored.checkpoint) {
           this.checkpoint.appliedRevision = stored.checkpoint.revision;
           this.checkpoint.checkpointedRevision = stored.checkpoint.revision;
         }
+        // The self-healer restores leased keys too: with the existing lease mappings.
+        await this.retry('load lease mappings', () => this.leases.load());
         await this.holdUntilStopped(control.held);
         return;
       }
       await this.prepareGuard(control.acceptDeletes);
-      const stored = await this.retry('read checkpoint', () => readCheckpoint(this.standby, this.options.checkpointKey));
       if (stored.value !== undefined && stored.checkpoint === undefined) this.log.warn('ignoring unreadable checkpoint');
       const checkpoint = stored.checkpoint;
       let revision = await this.primaryHeadRevision();
