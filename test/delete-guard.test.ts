@@ -46,17 +46,30 @@ describe('DeleteGuard', () => {
   it('admits up to the threshold, then cuts at the first event of the revision that crosses it', () => {
     const g = guard('3/1m', 0);
     const events = [put('/registry/pods/a/p0', 10), del('/registry/pods/a/p1', 11), del('/registry/pods/a/p2', 12), del('/registry/pods/a/p3', 13), put('/registry/pods/a/p4', 13), del('/registry/pods/a/p5', 13), del('/registry/pods/a/p6', 14)];
-    expect(g.admit(events.slice(0, 4), 0)).toBeUndefined(); // 3 deletes: at the threshold, not over
-    expect(g.admit(events.slice(4), 1000)).toEqual({
+    expect(g.admit(events.slice(0, 3), 0)).toBeUndefined(); // 2 deletes
+    // Revision 13 (a delete, a put, a delete) takes the window from 2 to 4, over 3: cut at its first event.
+    expect(g.admit(events.slice(3), 1000)).toEqual({
       cut: 0,
       burst: { burstRevision: 13n, heldRevision: 12n, deletes: 4, threshold: 3, inScopeKeys: 0, rule: '3/1m' },
     });
+    const atThreshold = guard('3/1m', 0);
+    expect(atThreshold.admit(events.slice(0, 3), 0)).toBeUndefined();
+    expect(atThreshold.admit([del('/registry/pods/a/x', 13)], 0)).toBeUndefined(); // 3 deletes: at the threshold, not over
   });
 
   it('one revision that deletes many keys at once is cut whole', () => {
     const g = guard('3/1m', 0);
     const burst = [put('/registry/pods/a/x', 20), ...Array.from({ length: 5 }, (_, i) => del(`/registry/pods/a/q${i}`, 21))];
     expect(g.admit(burst, 0)).toMatchObject({ cut: 1, burst: { burstRevision: 21n, heldRevision: 20n, deletes: 5 } });
+  });
+
+  it('events delivered again (a watch opened again from the applied revision) are not counted twice', () => {
+    const g = guard('3/1m', 0);
+    const first = [del('/registry/pods/a/p1', 11), del('/registry/pods/a/p2', 12)];
+    expect(g.admit(first, 0)).toBeUndefined();
+    // The watch broke before 11 and 12 were applied: they arrive again, then 13.
+    expect(g.admit([...first, del('/registry/pods/a/p3', 13)], 10)).toBeUndefined();
+    expect(g.admit([del('/registry/pods/a/p4', 14)], 20)).toMatchObject({ cut: 0, burst: { burstRevision: 14n, deletes: 4 } });
   });
 
   it('the window slides: the same deletes spread over time never trip it', () => {

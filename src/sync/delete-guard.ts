@@ -84,6 +84,11 @@ export class DeleteGuard {
   private readonly recent: { at: number; deletes: number }[] = [];
   /** The sum of `recent` (kept, not summed per call: admit runs for every watch message). */
   private inWindow = 0;
+  /**
+   * Revisions up to here are counted: a watch that broke and opened again from the applied
+   * revision delivers again what was read but not yet applied, which must not count twice.
+   */
+  private countedThrough = 0n;
 
   constructor(
     readonly rule: DeleteGuardRule,
@@ -109,7 +114,8 @@ export class DeleteGuard {
   }
 
   /**
-   * Admits `events` (in revision order, whole revisions) revision by revision. Returns the index
+   * Admits `events` (in revision order, whole revisions: etcd sends a revision in one watch
+   * response unless asked to fragment, which etcd-sync never asks) revision by revision. Returns the index
    * of the first event of the revision whose deletes would cross the threshold, with the burst;
    * or undefined when all are admitted (and counted).
    */
@@ -118,6 +124,10 @@ export class DeleteGuard {
     while (this.recent.length > 0 && (this.recent[0] as { at: number }).at <= from) this.inWindow -= (this.recent.shift() as { deletes: number }).deletes;
     for (let i = 0; i < events.length; ) {
       const revision = (events[i] as WatchEvent).modRevision;
+      if (revision <= this.countedThrough) {
+        i++;
+        continue;
+      }
       let end = i;
       let deletes = 0;
       for (; end < events.length && (events[end] as WatchEvent).modRevision === revision; end++) if (this.counts(events[end] as WatchEvent)) deletes++;
@@ -132,6 +142,7 @@ export class DeleteGuard {
         this.inWindow += deletes;
         this.recent.push({ at: now, deletes });
       }
+      this.countedThrough = revision;
       i = end;
     }
     return undefined;
