@@ -174,7 +174,7 @@ export class SyncEngine implements SyncContext {
         await this.holdUntilStopped(control.held);
         return;
       }
-      await this.prepareGuard(control.acceptDeletes);
+      await this.prepareGuard(control.acceptDeletes, stored.checkpoint !== undefined);
       if (stored.value !== undefined && stored.checkpoint === undefined) this.log.warn('ignoring unreadable checkpoint');
       const checkpoint = stored.checkpoint;
       let revision = await this.primaryHeadRevision();
@@ -311,15 +311,17 @@ export class SyncEngine implements SyncContext {
   }
 
   /**
-   * The guard's starting point: the in-scope count (the primary's keys under the prefix, until
-   * the full diff counts exactly), and deletes the operator accepted (`resume --accept-deletes`):
-   * every delete up to the primary's revision now passes; the accept record is then removed.
+   * The guard's starting point: with a checkpoint to replay from, the in-scope count the replay
+   * is judged by (the primary's keys under the prefix, until the full diff counts exactly; an
+   * initial sync streams nothing before its diff, so it needs none), and deletes the operator
+   * accepted (`resume --accept-deletes`): every delete up to the primary's revision now passes;
+   * the accept record is then removed.
    */
-  private async prepareGuard(accepted: ControlRecord | undefined): Promise<void> {
+  private async prepareGuard(accepted: ControlRecord | undefined, replays: boolean): Promise<void> {
     const guard = this.guard;
-    if (!guard && !accepted) return;
+    if (!(guard && replays) && !accepted) return;
     const head = await this.retry('read primary revision', () => readHeader(this.primary));
-    if (guard) this.inScopeKeys = await this.retry('count primary keys', () => countKeys(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, revision: head.revision }));
+    if (guard && replays) this.inScopeKeys = await this.retry('count primary keys', () => countKeys(this.primary, { key: this.scope.keyPrefix, rangeEnd: this.scope.rangeEnd, revision: head.revision }));
     if (!accepted) return;
     if (guard) guard.exemptThrough = head.revision;
     this.log.warn({ acceptedBy: accepted.by, reason: accepted.reason, heldRevision: accepted.revision, throughRevision: head.revision.toString() }, `applying the held deletes: accepted ${describeRecord(accepted)}`);

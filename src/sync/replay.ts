@@ -12,7 +12,6 @@
  */
 import { type WatchEvent, WatchStream } from '../etcd/watch.js';
 import type { SyncContext } from './context.js';
-import { DeleteBurstError } from './delete-guard.js';
 import { AbortedError } from './retry.js';
 import type { StreamPipeline } from './stream.js';
 
@@ -70,12 +69,7 @@ async function replayWindows(ctx: SyncContext, pipeline: StreamPipeline, until: 
       await pipeline.complete(pipeline.send(batch, false));
       done += batch.consumed;
     }
-    if (verdict) {
-      // Applied up to the revision before the burst: the primary's image there.
-      if (verdict.burst.heldRevision > checkpoint.appliedRevision) checkpoint.appliedRevision = verdict.burst.heldRevision;
-      await checkpoint.writeIfBehind();
-      throw new DeleteBurstError(verdict.burst);
-    }
+    if (verdict) await pipeline.stopBefore(verdict.burst);
     if (head.to > checkpoint.appliedRevision) checkpoint.appliedRevision = head.to;
     ctx.notePrimary();
     if (ctx.signal.aborted) throw new AbortedError();

@@ -86,6 +86,18 @@ export class StreamPipeline {
     return guard.admit(end < events.length ? events.slice(0, end) : events);
   }
 
+  /**
+   * Once everything before the burst's revision is applied: records the revision before it as
+   * applied (the watch covers the whole prefix, so the standby is the primary's image there) and
+   * ends with DeleteBurstError. The stream and the replay's windows both stop here.
+   */
+  async stopBefore(burst: DeleteBurst): Promise<never> {
+    const checkpoint = this.ctx.checkpoint;
+    if (burst.heldRevision > checkpoint.appliedRevision) checkpoint.appliedRevision = burst.heldRevision;
+    await checkpoint.writeIfBehind();
+    throw new DeleteBurstError(burst);
+  }
+
   /** The next txn's worth of whole revisions from the head of `events`, coalesced. */
   takeBatch(events: readonly WatchEvent[]): EventBatch {
     const maxOps = this.ctx.writer.opsPerTxn - 1;
@@ -228,13 +240,7 @@ export class StreamPipeline {
           if (ctx.signal.aborted) return false;
           continue;
         }
-        if (burst && queue.length === 0) {
-          // Everything before the burst's revision is applied; the watch covers the whole
-          // prefix, so the standby is the primary's image at the revision before it.
-          if (burst.heldRevision > checkpoint.appliedRevision) checkpoint.appliedRevision = burst.heldRevision;
-          await checkpoint.writeIfBehind();
-          throw new DeleteBurstError(burst);
-        }
+        if (burst && queue.length === 0) await this.stopBefore(burst);
         // Only events past `until` are left: the replay is complete.
         if (until !== undefined && queue.length > 0) {
           checkpoint.appliedRevision = until;
